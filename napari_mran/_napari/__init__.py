@@ -1,0 +1,1 @@
+"""napari-side adapters (reader, sample data, widgets). Only this package imports napari."""

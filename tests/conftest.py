@@ -1,0 +1,32 @@
+"""Shared fixtures: the real slides in ../shared/data and slides written at test time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datafiles import shared
+
+
+@pytest.fixture(scope="session")
+def cmu_small() -> Path:
+    return shared("CMU-1-Small-Region.svs")
+
+
+@pytest.fixture(scope="session")
+def cmu_pixels(cmu_small) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(cmu_small)
+
+
+@pytest.fixture(scope="session")
+def svs_pyramid(tmp_path_factory, cmu_pixels) -> Path:
+    """A 3-level Aperio-like JPEG pyramid made from the real CMU-1 crop (SVS layout)."""
+    from slide_writers import write_svs_pyramid
+
+    path = tmp_path_factory.mktemp("pyr") / "cmu-pyramid.svs"
+    write_svs_pyramid(path, cmu_pixels, downsamples=(1, 2, 4), tile=256, mpp=0.499)
+    return path
