@@ -25,11 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     if not _has_display() or "--headless" in (argv or sys.argv[1:]):
         print("\n(no display: headless summary only; run on a desktop to open napari)")
         return 0
-    import napari
+    from ._napari.launch import open_viewer
 
-    viewer = napari.Viewer(title="napari-mran demo")
-    viewer.open(str(path), plugin="napari-mran")
-    napari.run()
+    open_viewer([str(path)], title="napari-mran demo")
     return 0
 
 

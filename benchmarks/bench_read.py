@@ -1,0 +1,171 @@
+"""Region-read benchmark: our direct tile decoder vs zarr, dask and OpenSlide, side by side.
+
+Writes benchmarks/out/bench_read.json and the table in docs/performance.md (section
+"Region reads"). Run: .venv/bin/python benchmarks/bench_read.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from napari_mran import open_slide  # noqa: E402
+from napari_mran.slide._tiff import decode_pool  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+
+
+def make_pyramid(path: Path, size: int = 32768, tile: int = 256) -> Path:
+    """An SVS-like JPEG pyramid tiled from the real CMU-1 crop (pre-encoded tiles)."""
+    src = tifffile.imread(ROOT / "napari_mran" / "data" / "CMU-1-Small-Region.svs")
+    tiles = []
+    for ty in range(0, src.shape[0] - tile, tile):
+        for tx in range(0, src.shape[1] - tile, tile):
+            tiles.append(imagecodecs.jpeg8_encode(np.ascontiguousarray(
+                src[ty:ty + tile, tx:tx + tile]), level=80))
+    from PIL import Image
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        f = 1
+        while size // f >= 2 * tile:
+            w = size // f
+            n = (-(-w // tile)) ** 2
+            if f == 1:
+                desc = (f"Aperio Image Library v12\r\n{w}x{w} [0,0 {w}x{w}] ({tile}x{tile}) "
+                        "JPEG/RGB Q=80|AppMag = 20|MPP = 0.5")
+            else:
+                desc = f"Aperio Image Library v12\r\n{size}x{size} -> {w}x{w} - ({tile}x{tile})"
+            tw.write((tiles[(i * 7919) % len(tiles)] for i in range(n)), shape=(w, w, 3),
+                     dtype=np.uint8, tile=(tile, tile), photometric="rgb", compression="jpeg",
+                     description=desc, subfiletype=0 if f == 1 else 1, metadata=None)
+            if f == 1:
+                thumb = np.asarray(Image.fromarray(src).resize((256, 256)))
+                tw.write(thumb, photometric="rgb", compression="jpeg", rowsperstrip=16,
+                         description=f"Aperio Image Library v12\r\n{w}x{w} -> 256x256 - ",
+                         metadata=None)
+            f *= 2 if f == 1 else 4
+    return path
+
+
+def timeit(fn, repeats: int) -> list[float]:
+    fn()  # warm-up (page cache, pools)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--size", type=int, default=32768)
+    args = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="mran-bench-"))
+    path = make_pyramid(tmp / "bench.svs", args.size)
+    rng = np.random.default_rng(0)
+    n_loc = 64
+    locs = [(int(rng.integers(0, args.size // 2048)) * 2048, int(rng.integers(0, args.size // 2048)) * 2048)
+            for _ in range(n_loc)]
+    it = {"i": 0}
+
+    def nxt():
+        it["i"] = (it["i"] + 1) % n_loc
+        return locs[it["i"]]
+
+    slide = open_slide(path)
+    import zarr
+    tif = tifffile.TiffFile(path)
+    zarr_l0 = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+    dask_l0 = slide.levels[0]
+    results = {}
+
+    def ours():
+        x, y = nxt()
+        slide.read_region((x, y), 0, (2048, 2048))
+
+    def via_zarr():
+        x, y = nxt()
+        np.asarray(zarr_l0[y:y + 2048, x:x + 2048])
+
+    def via_dask():
+        x, y = nxt()
+        dask_l0[y:y + 2048, x:x + 2048].compute()
+
+    methods = {"direct tile decode (ours)": ours, "zarr slice of tifffile store": via_zarr,
+               "dask slice (per-tile chunks)": via_dask}
+    try:
+        import openslide
+        osr = openslide.OpenSlide(str(path))
+
+        def via_openslide():
+            x, y = nxt()
+            osr.read_region((x, y), 0, (2048, 2048))
+        methods["OpenSlide read_region"] = via_openslide
+    except Exception as exc:  # noqa: BLE001
+        print("OpenSlide not available:", exc)
+
+    for name, fn in methods.items():
+        t = timeit(fn, args.repeats)
+        results[name] = {"median_ms": statistics.median(t), "min_ms": min(t), "n": len(t)}
+        print(f"{name:32s} median {statistics.median(t):7.1f} ms  min {min(t):7.1f} ms")
+    base = results["direct tile decode (ours)"]["median_ms"]
+    for r in results.values():
+        r["ratio_vs_ours"] = r["median_ms"] / base
+
+    # tissue mask source: smallest level vs thumbnail resize of level 0-ish
+    t_small = timeit(lambda: slide.read_level(slide.smallest_level), 5)
+    t_thumb = timeit(lambda: slide.get_thumbnail(2048), 3)
+    results["smallest level read (tissue mask)"] = {"median_ms": statistics.median(t_small)}
+    results["get_thumbnail(2048)"] = {"median_ms": statistics.median(t_thumb)}
+    meta = {"slide": f"{args.size} x {args.size} JPEG pyramid, 256 px tiles (tiled from CMU-1)",
+            "region": "2048 x 2048 px at level 0", "cpu_count": os.cpu_count(),
+            "decode_threads": decode_pool()._max_workers, "repeats": args.repeats}
+    (OUT / "bench_read.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = ["| method | median ms | min ms | ratio vs ours |", "|---|---|---|---|"]
+    for name, r in results.items():
+        if "ratio_vs_ours" in r:
+            table.append(f"| {name} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['ratio_vs_ours']:.2f} |")
+    table.append(f"| smallest level read (tissue mask source) | {results['smallest level read (tissue mask)']['median_ms']:.1f} | | |")
+    table.append(f"| get_thumbnail(2048) | {results['get_thumbnail(2048)']['median_ms']:.1f} | | |")
+    text = "\n".join(table)
+    print(text)
+    write_section("Region reads", f"{meta['slide']}; {meta['region']}; {meta['cpu_count']} CPU cores, "
+                  f"{meta['decode_threads']} decode threads; median of {args.repeats} reads at random "
+                  f"bag positions (page cache warm).\n\n" + text)
+    slide.close()
+    tif.close()
+    return 0
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) a '## title' section of docs/performance.md."""
+    doc = ROOT / "docs" / "performance.md"
+    text = doc.read_text() if doc.exists() else "# Performance\n\nNumbers printed by the scripts in `benchmarks/`, measured side by side in one run.\n"
+    marker = f"## {title}\n"
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1:] if nxt >= 0 else ""
+        text = head + marker + "\n" + body + "\n\n" + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + marker + "\n" + body + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""QuPath-compatible GeoJSON of bag/patch (or, for chosen bags, cell) scores.
+
+Each object is a ``Feature`` with a ``Polygon`` in level-0 pixel coordinates
+(QuPath's image coordinates: origin at the top-left of the full-resolution image).
+``properties`` follow QuPath (>= 0.4): ``objectType``, ``name``,
+``classification`` ``{name, color}``, ``measurements`` (a flat dict of numbers).
+
+Object type: ``"detection"`` by default.  QuPath draws and measures tens of
+thousands of detections cheaply, colours them by a measurement (Measure >
+Show measurement maps works on detections only), and shows them in its detection
+measurement table; annotations are meant for a few hand-editable regions and slow
+QuPath down by the thousand.  ``object_type="annotation"`` is offered for small
+exports (e.g. the top bags to review).
+
+Strict JSON: non-finite numbers are never written.  A non-finite measurement is
+left out of that feature's ``measurements`` (QuPath reads a missing measurement as
+NaN, while a JSON ``null`` would break its reader); a feature whose probabilities
+are all non-finite gets no classification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_mran._atomic import atomic_file
+from napari_mran.results import (
+    CELLS_PER_PATCH_SIDE,
+    N_CELLS,
+    N_PATCHES,
+    PATCHES_PER_SIDE,
+    SlideResult,
+    _rank_desc,
+)
+
+__all__ = ["DEFAULT_CLASS_COLORS", "MAX_CELL_BAGS", "export_geojson"]
+
+#: RGB colours of the classes, in class order (cycled when there are more classes).
+DEFAULT_CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (56, 142, 60),  # class 0, e.g. normal
+    (211, 47, 47),  # class 1, e.g. tumour
+    (25, 118, 210),
+    (251, 140, 0),
+    (123, 31, 162),
+    (0, 151, 167),
+)
+#: Cell polygons are only exported for a chosen subset of at most this many bags.
+MAX_CELL_BAGS = 64
+OBJECT_TYPES = ("detection", "annotation")
+
+
+def _num(value: float) -> float | int | None:
+    """A finite JSON number from a float32 value (shortest text), or None."""
+    f32 = np.float32(value)
+    if not np.isfinite(f32):
+        return None
+    return float(str(f32))
+
+
+def _coord(value: float) -> float | int:
+    f = float(value)
+    return int(f) if f.is_integer() else f
+
+
+def _polygon(box: Sequence[float]) -> dict:
+    x0, y0, x1, y1 = (_coord(v) for v in box)
+    # closed ring; counter-clockwise by the shoelace formula on the raw numbers
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+
+
+def _bag_selection(result: SlideResult, bags: Iterable[int] | None) -> np.ndarray:
+    if bags is None:
+        return np.arange(result.n_bags)
+    idx = np.asarray(list(bags), dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= result.n_bags):
+        raise ValueError(f"bag indices must be in [0, {result.n_bags}), got {idx.tolist()}")
+    return np.unique(idx)
+
+
+def export_geojson(
+    result: SlideResult,
+    path: str | os.PathLike,
+    *,
+    level: str = "bag",
+    weighting: str = "local",
+    bags: Iterable[int] | None = None,
+    object_type: str = "detection",
+    class_colors: Sequence[Sequence[int]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a GeoJSON FeatureCollection of one level of *result*; return the path.
+
+    Parameters
+    ----------
+    level : ``"bag"`` or ``"patch"`` (64 polygons per bag), or ``"cell"`` (1024 per
+        bag; only together with ``bags``, at most MAX_CELL_BAGS of them).
+    weighting : which attention becomes the ``score`` measurement and orders
+        ``rank``: ``"local"`` (gamma / alpha / beta) or ``"global"`` (gamma,
+        gamma*alpha, gamma*alpha*beta).  Both attentions are always included.
+    bags : optional bag indices to export (default: all bags).
+    object_type : ``"detection"`` (default) or ``"annotation"``.
+
+    Measurements per feature: ``bag_index`` (+ ``patch_index``, ``cell_index``),
+    ``attention``, ``attention_global``, ``score``, ``rank`` (1 = highest score among
+    the exported features), ``prob_<class>``.  Classification: the class with the
+    highest probability at that level.
+    """
+    if level not in ("bag", "patch", "cell"):
+        raise ValueError(f"level must be 'bag', 'patch' or 'cell', not {level!r}")
+    if weighting not in ("local", "global"):
+        raise ValueError(f"weighting must be 'local' or 'global', not {weighting!r}")
+    if object_type not in OBJECT_TYPES:
+        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, not {object_type!r}")
+    if level == "cell" and bags is None:
+        raise ValueError(
+            "cell polygons are exported only for chosen bags (pass bags=[...]); "
+            "use the cell heatmap (OME-TIFF/OME-Zarr) or CSV for the whole slide"
+        )
+    sel = _bag_selection(result, bags)
+    if level == "cell" and sel.size > MAX_CELL_BAGS:
+        raise ValueError(f"cell polygons: at most {MAX_CELL_BAGS} bags at a time, got {sel.size}")
+    colors = [tuple(int(v) for v in c) for c in (class_colors or DEFAULT_CLASS_COLORS)]
+    if not colors or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+        raise ValueError("class_colors must be RGB triples in 0-255")
+
+    per_bag_shape = {"bag": (), "patch": (N_PATCHES,), "cell": (N_PATCHES, N_CELLS)}[level]
+    local = result.scores(level, "local")[sel]
+    glob = result.scores(level, "global")[sel]
+    score = glob if weighting == "global" else local
+    probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[
+        level
+    ][sel]
+    boxes = result.level_boxes(level)[sel]
+    ranks = _rank_desc(score.reshape(-1)).reshape(score.shape)
+    class_names = result.class_names
+    prob_keys = [f"prob_{n}" for n in class_names]
+
+    def feature(idx: tuple[int, ...]) -> str:
+        b = int(sel[idx[0]])
+        measurements: dict[str, float | int] = {"bag_index": b}
+        name = f"bag {b}"
+        if level in ("patch", "cell"):
+            p = idx[1]
+            measurements["patch_index"] = p
+            name += f" patch {p} (row {p // PATCHES_PER_SIDE}, col {p % PATCHES_PER_SIDE})"
+        if level == "cell":
+            c = idx[2]
+            measurements["cell_index"] = c
+            name += f" cell {c} (row {c // CELLS_PER_PATCH_SIDE}, col {c % CELLS_PER_PATCH_SIDE})"
+        values = {
+            "attention": _num(local[idx]),
+            "attention_global": _num(glob[idx]),
+            "score": _num(score[idx]),
+        }
+        if values["score"] is not None:
+            values["rank"] = int(ranks[idx])
+        p_vals = [_num(v) for v in probs[idx]]
+        values.update(zip(prob_keys, p_vals))
+        measurements.update({k: v for k, v in values.items() if v is not None})
+        props: dict = {"objectType": object_type, "name": name}
+        finite = [(v, k) for k, v in enumerate(p_vals) if v is not None]
+        if finite:
+            best = max(finite, key=lambda t: (t[0], -t[1]))[1]
+            props["classification"] = {
+                "name": class_names[best],
+                "color": list(colors[best % len(colors)]),
+            }
+        props["measurements"] = measurements
+        feat = {"type": "Feature", "geometry": _polygon(boxes[idx]), "properties": props}
+        return json.dumps(feat, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+    with atomic_file(path, "w", overwrite=overwrite, encoding="utf-8") as fh:
+        fh.write('{"type":"FeatureCollection","features":[\n')
+        first = True
+        for idx in np.ndindex((sel.size, *per_bag_shape)):
+            if not first:
+                fh.write(",\n")
+            fh.write(feature(idx))
+            first = False
+        fh.write("\n]}\n")
+    return Path(path)
