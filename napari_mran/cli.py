@@ -33,6 +33,60 @@ def _cmd_info(args) -> int:
     return 0
 
 
+class _Progress:
+    """One-line progress on stderr (tqdm when installed and stderr is a terminal)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def line(self, text: str, final: bool = False) -> None:
+        if self.quiet:
+            return
+        if self.tty and not final:
+            sys.stderr.write("\r\033[K" + text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _drain(gen, on_event):
+    """Run a generator of events to its return value, calling on_event for each."""
+    while True:
+        try:
+            on_event(next(gen))
+        except StopIteration as stop:
+            return stop.value
+
+
+def _cmd_train(args) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(epochs=args.epochs, width=args.width, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed, n_folds=args.folds, fold=args.fold, split_file=args.split_file,
+                      bag_px=args.bag_px, tissue_method=args.tissue_method,
+                      max_bags_per_slide=args.max_bags_per_slide, device=args.device,
+                      workers=args.workers,
+                      class_names=args.class_names.split(",") if args.class_names else None)
+    progress = _Progress(args.quiet)
+
+    def show(ev):
+        if ev.stage == "epoch":
+            progress.line(ev.message, final=True)
+        elif ev.stage == "upstream":
+            eta = f", ETA {ev.eta_s:.0f} s" if ev.eta_s is not None else ""
+            progress.line(f"{ev.message} loss {ev.loss:.3f}{eta}")
+        elif ev.stage == "prepare":
+            progress.line(ev.message, final=True)
+
+    summary = _drain(train(args.slides, args.labels, args.out, cfg, resume=args.resume,
+                           command="napari-mran " + " ".join(sys.argv[1:])), show)
+    print(json.dumps({"model": str(summary.model_path), "best_epoch": summary.best_epoch,
+                      "best": summary.best_metrics.get("val", summary.best_metrics.get("train"))},
+                     indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -44,6 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--mpp", type=float, default=None, help="override µm/px of level 0")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+
+    tr = sub.add_parser("train", help="train MRAN on labelled slides (two-branch scheme)")
+    tr.add_argument("--slides", required=True, help="folder holding the slides")
+    tr.add_argument("--labels", required=True, help="labels.csv with columns slide,label,case")
+    tr.add_argument("--out", required=True, help="run folder (new, or existing with --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--width", type=float, default=1.0, help="ResNet width multiplier (1 = ResNet-18)")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--batch-size", type=int, default=4, help="bags per upstream step")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--folds", type=int, default=5)
+    tr.add_argument("--fold", type=int, default=0, help="test fold (the next one validates)")
+    tr.add_argument("--split-file", default=None, help="CSV slide,split (train/val/test) instead of folds")
+    tr.add_argument("--bag-px", type=int, default=2048)
+    tr.add_argument("--tissue-method", choices=["reference", "otsu"], default="reference")
+    tr.add_argument("--max-bags-per-slide", type=int, default=None)
+    tr.add_argument("--class-names", default=None, help="comma-separated, in label order")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--workers", type=int, default=4, help="bag decoding threads")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_train)
+    try:
+        from ._cli_cohort import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
     return p
 
 

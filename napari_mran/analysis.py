@@ -1,0 +1,448 @@
+"""Whole-slide MRAN analysis as a generator of progress events (CLI, widget and tests drain it).
+
+``analyze_slide(slide, model, ...)`` yields :class:`AnalysisProgress` events and returns a
+:class:`~napari_mran.results.SlideResult` (``StopIteration.value``); ``predict_slide``
+drains it. Closing the generator cancels the analysis between batches.
+
+Pipeline: tissue bags from the smallest pyramid level -> a thread pool decodes each bag's
+1024 px model input ahead of the model (bounded prefetch) -> upstream MRAN in batches ->
+downstream MIL over all bag embeddings -> SlideResult with provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generator
+
+import numpy as np
+
+from .errors import AnalysisError
+
+#: Stop (AnalysisError) when more than this fraction of the tissue bags fail to decode.
+DEFAULT_MAX_FAILED_FRACTION = 0.1
+
+
+@dataclass
+class BagBatchResult:
+    """Results of bags that just finished (indices into the tissue-bag list)."""
+
+    indices: np.ndarray          # (n,)
+    boxes: np.ndarray            # (n, 4) level-0 x0, y0, x1, y1
+    bag_probs: np.ndarray        # (n, C)
+    patch_attention: np.ndarray  # (n, 64) alpha
+    patch_probs: np.ndarray      # (n, 64, C)
+    cell_attention: np.ndarray   # (n, 64, 16) beta
+    cell_probs: np.ndarray       # (n, 64, 16, C)
+
+
+@dataclass
+class AnalysisProgress:
+    """One progress event of :func:`analyze_slide`."""
+
+    stage: str                   # "tissue", "bags", "slide", "done"
+    bags_done: int = 0
+    bags_total: int = 0
+    bags_failed: int = 0
+    bags_per_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    new: BagBatchResult | None = None
+    tissue_boxes: np.ndarray | None = None  # (N, 4) at stage "tissue"
+
+    @property
+    def fraction(self) -> float:
+        return self.bags_done / self.bags_total if self.bags_total else 0.0
+
+
+@dataclass
+class _Plan:
+    bag_px: int
+    level: int                 # pyramid level the bag is read from
+    read_px: int               # side read at that level
+    resize: str                # "none", "reduce2", "box"
+    input_px: int
+
+
+def pick_device(device: str = "auto"):
+    """``auto`` -> CUDA, else MPS, else CPU; or the torch device asked for."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise AnalysisError("CUDA was requested but no CUDA device is available")
+    return torch.device("cuda" if device == "gpu" else device)
+
+
+def plan_reads(slide, bag_px: int, input_px: int) -> _Plan:
+    """Where to read a bag from so that it arrives as input_px x input_px.
+
+    Prefers a level whose downsample equals bag_px / input_px (within 1 %); else the
+    closest finer level, then an exact 2x area reduce (PIL ``reduce``) or a box resize.
+    """
+    target = bag_px / input_px
+    for lv, d in enumerate(slide.level_downsamples):
+        if abs(d - target) / target < 0.01:
+            return _Plan(bag_px, lv, input_px, "none", input_px)
+    lv = slide.get_best_level_for_downsample(target)
+    d = slide.level_downsamples[lv]
+    read_px = int(round(bag_px / d))
+    if read_px == 2 * input_px:
+        return _Plan(bag_px, lv, read_px, "reduce2", input_px)
+    return _Plan(bag_px, lv, read_px, "box", input_px)
+
+
+def read_bag(slide, box, plan: _Plan) -> tuple[np.ndarray, list[str] | None, float]:
+    """(input_px, input_px, 3) uint8 of one bag, failures, fraction of pixels with data."""
+    from PIL import Image
+
+    rr = slide.read_region_ex((int(box[0]), int(box[1])), plan.level,
+                              (plan.read_px, plan.read_px), on_error="record")
+    img = rr.pixels
+    if plan.resize == "reduce2":
+        img = np.asarray(Image.fromarray(img).reduce(2))
+    elif plan.resize == "box":
+        img = np.asarray(Image.fromarray(img).resize((plan.input_px, plan.input_px),
+                                                     Image.Resampling.BOX))
+    valid_fraction = 1.0 if rr.valid is None else float(rr.valid.mean())
+    return img, rr.failed_tiles, valid_fraction
+
+
+def tissue_lowres(slide, max_side: int = 8192) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
+    """Low-resolution whole-slide RGB for the tissue mask, from the smallest level.
+
+    Never resizes a whole-slide thumbnail: the smallest stored level is read directly;
+    only a slide whose smallest level is larger than ``max_side`` uses the lazily
+    computed display pyramid (bounded streaming).
+    """
+    w0, h0 = slide.dimensions
+    lv = slide.smallest_level
+    lw, lh = slide.level_dimensions[lv]
+    if max(lw, lh) <= max_side:
+        rr = slide.read_region_ex((0, 0), lv, (lw, lh), on_error="record")
+        valid = rr.valid
+        img = rr.pixels
+    else:
+        import dask
+        arr = slide.display_levels[-1]
+        with dask.config.set(scheduler="threads"):
+            img = np.asarray(arr.compute())
+        valid = None
+        lh, lw = img.shape[:2]
+    return img, valid, (w0 / lw, h0 / lh)
+
+
+def _auto_batch(device) -> int:
+    if device.type == "cuda":
+        import torch
+        free, _ = torch.cuda.mem_get_info(device)
+        # ~0.9 GB of activations per 1024 px bag at width 1 in bf16 (64 patches of 128 px)
+        return int(max(1, min(32, free // (1.2 * 2**30))))
+    return 2
+
+
+def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | None = None,
+                  tissue_method: str = "reference", tissue_options: dict | None = None,
+                  batch_size: int | str = "auto", device: str = "auto",
+                  num_workers: int | None = None, prefetch: int | None = None,
+                  compile: bool | str = "auto", amp: bool | str = "auto",
+                  max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+                  top_k_patches: int | None = None,
+                  ) -> Generator[AnalysisProgress, None, Any]:
+    """Analyse one slide with MRAN; a generator of progress events returning a SlideResult.
+
+    Parameters
+    ----------
+    slide : an open :class:`~napari_mran.slide.Slide` (or a path).
+    model : an :class:`~napari_mran.model.MRAN` (``load_model(...)``).
+    bag_px / bag_um : bag side at level 0 in pixels (default: the model's, 2048) or in µm
+        (needs the slide's MPP; makes 20x and 40x scans give the same physical bags).
+    tissue_method : ``"reference"`` (MRAN's white-fraction rule) or ``"otsu"``.
+    batch_size : bags per forward pass, or ``"auto"``; halved and retried on CUDA OOM.
+    device : ``"auto"`` (CUDA > MPS > CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    num_workers : decode threads (default: CPU count); prefetch : bags decoded ahead.
+    compile : torch.compile the upstream CNN (``"auto"``: on CPU for slides with >= 64
+        bags; failures fall back to eager and are recorded).
+    amp : autocast (bf16, else fp16) on CUDA only (``"auto"``); never on CPU.
+    max_failed_fraction : abort with AnalysisError when more bags fail to decode.
+    """
+    import torch
+
+    from . import __version__
+    from .results import SlideResult
+    from .tissue import select_tissue_bags
+
+    t_start = time.perf_counter()
+    own_slide = False
+    if isinstance(slide, (str, os.PathLike)):
+        from .slide import open_slide
+        slide = open_slide(slide)
+        own_slide = True
+    try:
+        cfg = model.config
+        if bag_um is not None:
+            if slide.mpp is None:
+                raise AnalysisError(f"{slide.path}: a bag size in µm needs the slide's MPP, "
+                                    "which is unknown (pass mpp= when opening the slide)")
+            bag_px = int(round(bag_um / slide.mpp[0]))
+        bag_px = int(bag_px or cfg.bag_px)
+        if bag_px < cfg.input_px // 4:
+            raise AnalysisError(f"bag size {bag_px} px is too small for the model input "
+                                f"({cfg.input_px} px)")
+        dev = pick_device(device)
+        w0, h0 = slide.dimensions
+
+        # ---- tissue
+        t0 = time.perf_counter()
+        lowres, valid, down = tissue_lowres(slide)
+        sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=tissue_method,
+                                 valid=valid, **(tissue_options or {}))
+        boxes = np.asarray(sel.boxes, dtype=np.int64).reshape(-1, 4)
+        n = len(boxes)
+        t_tissue = time.perf_counter() - t0
+        yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px",
+                               tissue_boxes=boxes)
+        if n == 0:
+            raise AnalysisError(f"{slide.path}: no tissue bags found (method {tissue_method}, "
+                                f"bag {bag_px} px, slide {w0} x {h0} px)")
+
+        # ---- model set-up
+        model = model.to(dev).eval()
+        if dev.type != "mps":
+            model = model.to(memory_format=torch.channels_last)
+        use_amp = (amp is True or amp == "auto") and dev.type == "cuda"
+        amp_dtype = (torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported()
+                     else torch.float16)
+        upstream = model.forward_bags
+        compiled = "no"
+        if (compile is True or (compile == "auto" and dev.type == "cpu" and n >= 64)):
+            try:
+                upstream = torch.compile(model.forward_bags, dynamic=True)
+                compiled = "yes"
+            except Exception as exc:  # noqa: BLE001 - eager is always correct
+                compiled = f"failed ({type(exc).__name__}); eager"
+        bs = _auto_batch(dev) if batch_size == "auto" else max(1, int(batch_size))
+        plan = plan_reads(slide, bag_px, cfg.input_px)
+        workers = num_workers or min(8, os.cpu_count() or 2)
+        ahead = prefetch or max(2 * bs, workers)
+
+        C = cfg.n_classes
+        P, K = cfg.n_patches, cfg.n_cells
+        E = cfg.embedding_dim
+        emb = np.zeros((n, E), np.float32)
+        bag_probs = np.zeros((n, C), np.float32)
+        alpha = np.zeros((n, P), np.float32)
+        patch_probs = np.zeros((n, P, C), np.float32)
+        beta = np.zeros((n, P, K), np.float32)
+        cell_probs = np.zeros((n, P, K, C), np.float32)
+        ok = np.ones(n, bool)
+        failed_reasons: dict[int, str] = {}
+        no_data = np.zeros(n, np.float32)
+
+        def run(x):
+            with torch.inference_mode():
+                if use_amp:
+                    with torch.autocast("cuda", dtype=amp_dtype):
+                        return upstream(x, top_k_patches=top_k_patches)
+                return upstream(x, top_k_patches=top_k_patches)
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-bag")
+        pending: deque[tuple[int, Future]] = deque()
+        next_submit = 0
+        done = 0
+        t_bags = time.perf_counter()
+        t_model = 0.0
+        try:
+            while done < n:
+                while next_submit < n and len(pending) < ahead:
+                    pending.append((next_submit, pool.submit(read_bag, slide, boxes[next_submit], plan)))
+                    next_submit += 1
+                batch_idx, batch_img = [], []
+                while pending and len(batch_idx) < bs:
+                    i, fut = pending.popleft()
+                    img, failures, vfrac = fut.result()
+                    no_data[i] = 1.0 - vfrac
+                    if failures:
+                        ok[i] = False
+                        failed_reasons[i] = "; ".join(failures[:3])
+                    else:
+                        batch_idx.append(i)
+                        batch_img.append(img)
+                    if next_submit < n:
+                        pending.append((next_submit, pool.submit(read_bag, slide, boxes[next_submit], plan)))
+                        next_submit += 1
+                n_failed = int((~ok).sum())
+                if n_failed > max_failed_fraction * n and n_failed > 0:
+                    raise AnalysisError(
+                        f"{slide.path}: {n_failed} of {n} bags failed to decode (more than "
+                        f"{max_failed_fraction:.0%}); first: {next(iter(failed_reasons.values()))}")
+                if batch_idx:
+                    tm = time.perf_counter()
+                    out, bs = _forward_with_oom_retry(run, batch_img, dev, bs)
+                    t_model += time.perf_counter() - tm
+                    idx = np.asarray(batch_idx)
+                    emb[idx] = out["embedding"]
+                    bag_probs[idx] = out["bag_probs"]
+                    alpha[idx] = out["alpha"]
+                    patch_probs[idx] = out["patch_probs"]
+                    beta[idx] = out["beta"]
+                    cell_probs[idx] = out["cell_probs"]
+                    new = BagBatchResult(idx, boxes[idx], bag_probs[idx], alpha[idx],
+                                         patch_probs[idx], beta[idx], cell_probs[idx])
+                else:
+                    new = None
+                done = n - len(pending) - (n - next_submit)
+                elapsed = time.perf_counter() - t_bags
+                rate = done / elapsed if elapsed > 0 else 0.0
+                eta = (n - done) / rate if rate > 0 else None
+                yield AnalysisProgress("bags", done, n, n_failed, rate, eta,
+                                       f"{done}/{n} bags, {rate:.2f} bags/s", new=new)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+        # ---- downstream MIL over the bags that were read
+        keep = np.flatnonzero(ok)
+        if len(keep) == 0:
+            raise AnalysisError(f"{slide.path}: every tissue bag failed to decode")
+        with torch.inference_mode():
+            so = model.forward_slide(torch.from_numpy(emb[keep]).to(dev))
+            slide_probs = torch.softmax(so.slide_logits.float(), -1).cpu().numpy()
+            gamma = so.gamma.float().cpu().numpy()
+            mil_bag_probs = torch.softmax(so.bag_logits.float(), -1).cpu().numpy()
+        yield AnalysisProgress("slide", n, n, int((~ok).sum()), message="slide-level MIL done")
+
+        failed = np.flatnonzero(~ok)
+        provenance = {
+            "software": {"napari_mran": __version__, "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version(),
+                         **_versions("tifffile", "zarr", "imagecodecs", "dask")},
+            "model": {"config": cfg.to_dict(), "sha256": getattr(model, "checkpoint_sha256", None),
+                      "source": getattr(model, "checkpoint_path", None)},
+            "slide": _slide_provenance(slide),
+            "mpp": {"value": slide.mpp, "source": slide.mpp_source},
+            "tissue": {"method": tissue_method, "bag_px": bag_px, "bag_um": bag_um,
+                       "parameters": _jsonable(getattr(sel, "parameters", {})),
+                       "lowres_downsample": list(down), "n_grid_bags": int(len(getattr(sel, "grid_boxes", boxes)))},
+            "reading": {"level": plan.level, "read_px": plan.read_px, "resize": plan.resize,
+                        "level_downsample": slide.level_downsamples[plan.level]},
+            "inference": {"device": str(dev), "batch_size_final": bs, "amp": str(amp_dtype) if use_amp else "off",
+                          "compile": compiled, "decode_threads": workers, "top_k_patches": top_k_patches},
+            "timings_s": {"tissue": round(t_tissue, 3), "bags": round(time.perf_counter() - t_bags, 3),
+                          "model": round(t_model, 3), "total": round(time.perf_counter() - t_start, 3)},
+            "failed_bags": int(len(failed)),
+            "no_data_fraction_mean": float(no_data.mean()),
+            "bag_probs": "upstream (the bag's own classification, W g + b)",
+        }
+        result = SlideResult(
+            boxes=boxes[keep], bag_attention=gamma.astype(np.float32),
+            bag_probs=bag_probs[keep], patch_attention=alpha[keep], patch_probs=patch_probs[keep],
+            cell_attention=beta[keep], cell_probs=cell_probs[keep],
+            slide_probs=slide_probs.astype(np.float32), class_names=list(cfg.class_names),
+            slide_size=(int(w0), int(h0)), bag_px=bag_px, mpp=slide.mpp,
+            failed_boxes=boxes[failed], failed_reasons=[failed_reasons[i] for i in failed],
+            provenance=provenance, degraded=bool(len(failed)))
+        result.mil_bag_probs = mil_bag_probs.astype(np.float32)
+        result.embeddings = emb[keep]
+        yield AnalysisProgress("done", n, n, int(len(failed)),
+                               message="slide: " + ", ".join(
+                                   f"{c} {p:.3f}" for c, p in zip(cfg.class_names, slide_probs)))
+        return result
+    finally:
+        if own_slide:
+            slide.close()
+
+
+def _forward_with_oom_retry(run, images: list[np.ndarray], dev, bs: int):
+    """Run the upstream pass over ``images`` in chunks of ``bs``; halve on CUDA OOM."""
+    import torch
+
+    outs: list[dict[str, np.ndarray]] = []
+    i = 0
+    while i < len(images):
+        chunk = images[i:i + bs]
+        x = torch.from_numpy(np.stack(chunk))                  # (n, H, W, 3) uint8
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2)    # (n, 3, H, W) channels_last view
+        x = x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        try:
+            o = run(x)
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise AnalysisError("CUDA out of memory even with one bag per batch") from None
+            torch.cuda.empty_cache()
+            bs = max(1, bs // 2)
+            continue
+        outs.append({
+            "embedding": o.embedding.float().cpu().numpy(),
+            "bag_probs": torch.softmax(o.bag_logits.float(), -1).cpu().numpy(),
+            "alpha": o.alpha.float().cpu().numpy(),
+            "patch_probs": torch.softmax(o.patch_logits.float(), -1).cpu().numpy(),
+            "beta": o.beta.float().cpu().numpy(),
+            "cell_probs": torch.softmax(o.cell_logits.float(), -1).cpu().numpy(),
+        })
+        i += len(chunk)
+    merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return merged, bs
+
+
+def predict_slide(slide, model, **options):
+    """Run :func:`analyze_slide` to completion and return its SlideResult."""
+    gen = analyze_slide(slide, model, **options)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _slide_provenance(slide) -> dict[str, Any]:
+    import hashlib
+
+    info: dict[str, Any] = {"path": os.path.abspath(slide.path), "vendor": slide.vendor,
+                            "level0_size": list(slide.dimensions)}
+    try:
+        st = os.stat(slide.path)
+        info["bytes"] = st.st_size
+        with open(slide.path, "rb") as fh:
+            info["sha256_first_mb"] = hashlib.sha256(fh.read(2**20)).hexdigest()
+    except OSError as exc:
+        info["stat_error"] = str(exc)
+    return info
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

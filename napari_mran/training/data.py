@@ -1,0 +1,124 @@
+"""Training data: per-slide tissue bags (cached), and a threaded loader that runs ahead."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..analysis import plan_reads, read_bag, tissue_lowres
+from ..errors import AnalysisError
+from ..slide import open_slide
+from ..tissue import select_tissue_bags
+from .splits import LabelledSlide
+
+
+@dataclass
+class SlideBags:
+    """The tissue bags of one labelled slide."""
+
+    item: LabelledSlide
+    path: str
+    boxes: np.ndarray   # (N, 4) level-0 x0, y0, x1, y1
+
+
+def _fingerprint(path: str) -> str:
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(2**20))
+    return f"{st.st_size}:{h.hexdigest()}"
+
+
+def slide_bags(item: LabelledSlide, slides_dir: Path, cache_dir: Path, *, bag_px: int,
+               tissue_method: str) -> SlideBags:
+    """Tissue bags of a slide, read from ``cache_dir`` when the cache matches the file
+    (size + sha256 of its first MiB) and the tissue parameters, else computed and cached."""
+    path = str(slides_dir / item.slide)
+    key = {"fingerprint": _fingerprint(path), "bag_px": bag_px, "method": tissue_method}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / (hashlib.sha1(item.slide.encode()).hexdigest()[:16] + ".bags.json")
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return SlideBags(item, path, np.asarray(data["boxes"], np.int64).reshape(-1, 4))
+        except (ValueError, KeyError):
+            pass
+    with open_slide(path) as slide:
+        lowres, valid, down = tissue_lowres(slide)
+        sel = select_tissue_bags(lowres, down, slide.dimensions, bag_px=bag_px,
+                                 method=tissue_method, valid=valid)
+    boxes = np.asarray(sel.boxes, np.int64).reshape(-1, 4)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "slide": item.slide, "boxes": boxes.tolist()}))
+    os.replace(tmp, cache)
+    return SlideBags(item, path, boxes)
+
+
+class BagReader:
+    """Reads bags (1024 px model inputs) of many slides from a thread pool, in order."""
+
+    def __init__(self, slides: list[SlideBags], *, bag_px: int, input_px: int, workers: int = 4):
+        self._paths = {s.path for s in slides}
+        self._open: dict[str, object] = {}
+        self.bag_px, self.input_px = bag_px, input_px
+        self.workers = workers
+        self._plans: dict[str, object] = {}
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-train")
+
+    def _slide(self, path: str):
+        if path not in self._open:
+            self._open[path] = open_slide(path)
+            self._plans[path] = plan_reads(self._open[path], self.bag_px, self.input_px)
+        return self._open[path], self._plans[path]
+
+    def _read(self, path: str, box: np.ndarray, flip: bool) -> np.ndarray:
+        slide, plan = self._slide(path)
+        img, failures, _ = read_bag(slide, box, plan)
+        if failures:
+            raise AnalysisError(f"{path}: bag {box.tolist()} failed to decode: {failures[0]}")
+        return np.ascontiguousarray(img[:, ::-1]) if flip else img
+
+    def batches(self, jobs: list[tuple[str, np.ndarray, bool, object]], batch_size: int,
+                ahead: int | None = None) -> Iterator[tuple[np.ndarray, list]]:
+        """Yield (images (n, H, W, 3) uint8, tags) for jobs (path, box, flip, tag), in order."""
+        for path, *_ in jobs:  # open slides up front on this thread (their metadata)
+            self._slide(path)
+        ahead = ahead or max(2 * batch_size, self.workers)
+        pending: deque = deque()
+        it = iter(jobs)
+
+        def fill():
+            while len(pending) < ahead:
+                job = next(it, None)
+                if job is None:
+                    return
+                pending.append((job[3], self.pool.submit(self._read, job[0], job[1], job[2])))
+
+        fill()
+        try:
+            while pending:
+                imgs, tags = [], []
+                while pending and len(imgs) < batch_size:
+                    tag, fut = pending.popleft()
+                    imgs.append(fut.result())
+                    tags.append(tag)
+                    fill()
+                yield np.stack(imgs), tags
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for s in self._open.values():
+            s.close()
+        self._open.clear()

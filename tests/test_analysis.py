@@ -1,0 +1,169 @@
+"""analyze_slide: events, faithfulness to direct model calls, determinism, cancel, failures."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_mran import AnalysisError, open_slide
+from napari_mran.analysis import analyze_slide, plan_reads, predict_slide
+from napari_mran.model import MRAN, MRANConfig
+from slide_writers import patch, write_svs_pyramid
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()
+
+
+@pytest.fixture(scope="module")
+def tissue_slide(tmp_path_factory, cmu_pixels):
+    """6144 x 4096 px (3 x 2 bags): tissue tiled from CMU-1 in 4 bags, glass in 2."""
+    h, w = 4096, 6144
+    img = np.full((h, w, 3), 243, np.uint8)
+    src = cmu_pixels[:2048, :2048]
+    for (r, c) in [(0, 0), (0, 1), (1, 1), (1, 2)]:
+        img[r * 2048:(r + 1) * 2048, c * 2048:(c + 1) * 2048] = src[:, ::-1] if c % 2 else src
+    p = tmp_path_factory.mktemp("an") / "tissue.svs"
+    write_svs_pyramid(p, img, downsamples=(1, 2, 4, 16), tile=256, mpp=0.5)
+    return p
+
+
+def drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_events_and_result(tissue_slide, tiny_model):
+    with open_slide(tissue_slide) as slide:
+        events, result = drain(analyze_slide(slide, tiny_model, batch_size=2, compile=False))
+    stages = [e.stage for e in events]
+    assert stages[0] == "tissue" and stages[-1] == "done" and "slide" in stages
+    done = [e.bags_done for e in events if e.stage == "bags"]
+    assert done == sorted(done) and done[-1] == 4
+    assert events[0].tissue_boxes.tolist() == [[0, 0, 2048, 2048], [2048, 0, 4096, 2048],
+                                               [2048, 2048, 4096, 4096], [4096, 2048, 6144, 4096]]
+    painted = np.concatenate([e.new.indices for e in events if e.stage == "bags" and e.new is not None])
+    assert sorted(painted.tolist()) == [0, 1, 2, 3]  # every bag was sent for progressive painting
+    assert result.boxes.shape == (4, 4) and result.n_bags == 4
+    assert result.bag_attention.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(result.patch_attention.sum(1), 1, atol=1e-5)
+    assert np.allclose(result.cell_attention.sum(2), 1, atol=1e-5)
+    assert result.slide_probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert result.class_names == ["normal", "tumour"]
+    prov = result.provenance
+    assert prov["reading"]["level"] == 1 and prov["reading"]["resize"] == "none"  # ds-2 level used
+    assert prov["mpp"] == {"value": [0.5, 0.5], "source": "Aperio description MPP"}
+    assert len(prov["slide"]["sha256_first_mb"]) == 64 and prov["inference"]["device"] == "cpu"
+
+
+def test_matches_direct_model_calls(tissue_slide, tiny_model):
+    """The engine's numbers are the model's numbers on the bag pixels (no hidden transform)."""
+    with open_slide(tissue_slide) as slide:
+        result = predict_slide(slide, tiny_model, batch_size=3, compile=False)
+        imgs = [slide.read_region((int(b[0]), int(b[1])), 1, (1024, 1024)) for b in result.boxes]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        out = tiny_model.forward_bags(x)
+        so = tiny_model.forward_slide(out.embedding)
+    assert np.allclose(result.patch_attention, out.alpha.numpy(), atol=1e-5)
+    assert np.allclose(result.cell_attention, out.beta.numpy(), atol=1e-5)
+    assert np.allclose(result.bag_probs, torch.softmax(out.bag_logits, -1).numpy(), atol=1e-5)
+    assert np.allclose(result.bag_attention, so.gamma.numpy(), atol=1e-5)
+    assert np.allclose(result.slide_probs, torch.softmax(so.slide_logits, -1).numpy(), atol=1e-5)
+
+
+def test_deterministic_across_batch_and_threads(tissue_slide, tiny_model):
+    with open_slide(tissue_slide) as slide:
+        a = predict_slide(slide, tiny_model, batch_size=1, num_workers=1, compile=False)
+        b = predict_slide(slide, tiny_model, batch_size=4, num_workers=4, prefetch=8, compile=False)
+    for name in ("bag_attention", "patch_attention", "cell_attention", "cell_probs", "slide_probs"):
+        assert np.allclose(getattr(a, name), getattr(b, name), atol=1e-5), name
+
+
+def test_level0_path_reduces_by_two(tmp_path, cmu_pixels, tiny_model):
+    """No downsample-2 level: level 0 is read and area-reduced 2x (PIL reduce)."""
+    img = cmu_pixels[:2048, :2048]
+    p = write_svs_pyramid(tmp_path / "flat.svs", img, downsamples=(1,), mpp=0.5)
+    with open_slide(p) as slide:
+        plan = plan_reads(slide, 2048, 1024)
+        assert (plan.level, plan.read_px, plan.resize) == (0, 2048, "reduce2")
+        result = predict_slide(slide, tiny_model, compile=False)
+        level0 = slide.read_region((0, 0), 0, (2048, 2048)).astype(np.float32)
+    expect = level0.reshape(1024, 2, 1024, 2, 3).mean((1, 3))
+    x = torch.from_numpy(np.round(expect)).permute(2, 0, 1)[None] / 255
+    with torch.inference_mode():
+        out = tiny_model.forward_bags(x)
+    assert np.allclose(result.patch_attention[0], out.alpha[0].numpy(), atol=2e-3)
+
+
+def test_cancel_between_batches(tissue_slide, tiny_model):
+    before = threading.active_count()
+    with open_slide(tissue_slide) as slide:
+        gen = analyze_slide(slide, tiny_model, batch_size=1, compile=False)
+        for ev in gen:
+            if ev.stage == "bags":
+                break
+        gen.close()  # GeneratorExit at the yield: the decode pool is shut down
+        assert ev.bags_done < 4
+    assert threading.active_count() <= before + 1
+
+
+def test_failed_bags_recorded_then_abort(tmp_path, tissue_slide, tiny_model):
+    p = tmp_path / "bad.svs"
+    shutil.copy(tissue_slide, p)
+    with tifffile.TiffFile(p) as t:
+        page = t.pages[2]  # level 1 (page 1 is the stripped thumbnail)
+        assert page.imagewidth == 3072
+        off = page.dataoffsets[0]  # a tile of bag 0 at level 1
+    patch(p, off + 2, np.random.default_rng(0).bytes(64))
+    with open_slide(p) as slide:
+        result = predict_slide(slide, tiny_model, compile=False, max_failed_fraction=0.5)
+        assert result.degraded and len(result.failed_boxes) == 1
+        assert result.failed_boxes[0].tolist() == [0, 0, 2048, 2048]
+        assert "tile (0, 0)" in result.failed_reasons[0]
+        assert result.n_bags == 3 and result.bag_attention.sum() == pytest.approx(1, abs=1e-5)
+        with pytest.raises(AnalysisError, match="failed to decode"):
+            predict_slide(slide, tiny_model, compile=False, max_failed_fraction=0.1)
+
+
+def test_bag_size_in_um(tissue_slide, tiny_model):
+    with open_slide(tissue_slide) as slide:
+        result = predict_slide(slide, tiny_model, bag_um=1024.0, compile=False)
+        assert result.bag_px == 2048 and result.provenance["tissue"]["bag_um"] == 1024.0
+    with open_slide(tissue_slide, mpp=0.25) as slide:  # a "40x" scan: same physical bags
+        gen = analyze_slide(slide, tiny_model, bag_um=1024.0, compile=False)
+        first = next(gen)
+        gen.close()
+        assert first.tissue_boxes[0].tolist() == [0, 0, 4096, 4096]
+
+
+def test_heatmap_lands_on_the_bag(tissue_slide, tiny_model):
+    with open_slide(tissue_slide) as slide:
+        result = predict_slide(slide, tiny_model, compile=False)
+    i = 2  # bag at x 2048-4096, y 2048-4096
+    assert result.boxes[i].tolist() == [2048, 2048, 4096, 4096]
+    for level, per_bag in (("bag", 1), ("patch", 8), ("cell", 32)):
+        hm = result.heatmap(level, weighting="local")
+        sy, sx = hm.scale
+        assert sy == sx == 2048 / per_bag
+        row = int((2048 - hm.translate[0]) / sy)
+        col = int((2048 - hm.translate[1]) / sx)
+        if level == "bag":
+            assert hm.data[row, col] == pytest.approx(result.bag_attention[i])
+            assert np.isnan(hm.data[0, 2])  # glass bag outside tissue
+        elif level == "patch":
+            assert hm.data[row + 2, col + 5] == pytest.approx(result.patch_attention[i, 2 * 8 + 5])
+        else:  # cell (1, 3) of patch (2, 5)
+            assert hm.data[row + 2 * 4 + 1, col + 5 * 4 + 3] == pytest.approx(
+                result.cell_attention[i, 2 * 8 + 5, 1 * 4 + 3])
