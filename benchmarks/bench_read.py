@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT))
 from napari_mran import open_slide  # noqa: E402
 from napari_mran.slide._tiff import decode_pool  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _doc import write_section  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "out"
 
 
@@ -144,27 +147,14 @@ def main(argv=None) -> int:
     table.append(f"| get_thumbnail(2048) | {results['get_thumbnail(2048)']['median_ms']:.1f} | | |")
     text = "\n".join(table)
     print(text)
-    write_section("Region reads", f"{meta['slide']}; {meta['region']}; {meta['cpu_count']} CPU cores, "
+    write_section("performance.md", "Region reads", f"{meta['slide']}; {meta['region']}; {meta['cpu_count']} CPU cores, "
                   f"{meta['decode_threads']} decode threads; median of {args.repeats} reads at random "
-                  f"bag positions (page cache warm).\n\n" + text)
+                  f"bag positions (page cache warm).\n\n" + text,
+                  intro="# Performance\n\nNumbers printed by the scripts in `benchmarks/`, "
+                        "measured side by side in one run (never asserted in tests).\n")
     slide.close()
     tif.close()
     return 0
-
-
-def write_section(title: str, body: str) -> None:
-    """Replace (or append) a '## title' section of docs/performance.md."""
-    doc = ROOT / "docs" / "performance.md"
-    text = doc.read_text() if doc.exists() else "# Performance\n\nNumbers printed by the scripts in `benchmarks/`, measured side by side in one run.\n"
-    marker = f"## {title}\n"
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        text = head + marker + "\n" + body + "\n\n" + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + marker + "\n" + body + "\n"
-    doc.write_text(text)
 
 
 if __name__ == "__main__":

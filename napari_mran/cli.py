@@ -87,6 +87,97 @@ def _cmd_train(args) -> int:
     return 0
 
 
+EXPORTS = ("geojson", "csv", "ome-tiff", "ome-zarr", "provenance", "overview")
+
+
+def analysis_outputs(out_dir, stem: str, exports) -> dict[str, "Path"]:
+    """Final names of everything ``analyze`` writes for one slide."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    names = {"store": f"{stem}.mran.zarr", "geojson": f"{stem}.bags.geojson",
+             "csv": f"{stem}.patches.csv", "ome-tiff": f"{stem}.patch-attention.ome.tif",
+             "ome-zarr": f"{stem}.patch-attention.ome.zarr", "provenance": f"{stem}.provenance.json",
+             "overview": f"{stem}.overview.png"}
+    return {k: out / v for k, v in names.items() if k == "store" or k in exports}
+
+
+def _cmd_analyze(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .analysis import analyze_slide
+    from .errors import OutputExistsError, ResultsError
+    from .model import load_model
+    from .slide import open_slide
+
+    exports = [e for e in args.export.split(",") if e] if args.export else []
+    bad = [e for e in exports if e not in EXPORTS]
+    if bad:
+        raise ResultsError(f"unknown export(s) {bad}; choose from {', '.join(EXPORTS)}")
+    out = Path(args.out)
+    model = load_model(args.model)
+    progress = _Progress(args.quiet)
+    status = 0
+    for path in args.slides:
+        with open_slide(path, mpp=args.mpp) as slide:
+            stem = Path(path).name.split(".")[0] or "slide"
+            targets = analysis_outputs(out, stem, exports)
+            # refuse before computing: never overwrite unasked, fail early on unwritable folders
+            existing = [str(p) for p in targets.values() if p.exists()]
+            if existing and not args.overwrite:
+                raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
+                                        "choose another --out)")
+            out.mkdir(parents=True, exist_ok=True)
+            if not os.access(out, os.W_OK):
+                raise ResultsError(f"{out}: the output folder is not writable")
+
+            def show(ev):
+                if ev.stage == "bags":
+                    eta = f", ETA {ev.eta_s:.0f} s" if ev.eta_s is not None else ""
+                    progress.line(f"{Path(path).name}: {ev.message}{eta}")
+                elif ev.stage in ("tissue", "done"):
+                    progress.line(f"{Path(path).name}: {ev.message}", final=True)
+
+            result = _drain(analyze_slide(slide, model, bag_um=args.bag_um,
+                                          tissue_method=args.tissue_method,
+                                          batch_size=args.batch_size, device=args.device), show)
+            result.save(targets["store"], overwrite=args.overwrite)
+            _write_exports(result, slide, targets, args.overwrite)
+            if result.degraded:
+                status = 1
+                print(f"warning: {path}: {len(result.failed_boxes)} bag(s) failed to decode; "
+                      "the result is flagged degraded", file=sys.stderr)
+            print(json.dumps({"slide": str(path), "slide_probs": dict(zip(
+                result.class_names, map(float, result.slide_probs))), "bags": result.n_bags,
+                "outputs": {k: str(v) for k, v in targets.items()}}, indent=2))
+    return status
+
+
+def _write_exports(result, slide, targets, overwrite: bool) -> None:
+    from .export import (export_csv, export_geojson, export_ome_tiff, export_ome_zarr,
+                         export_provenance)
+    from .overview import write_overview
+
+    if "geojson" in targets:
+        export_geojson(result, targets["geojson"], level="bag", overwrite=overwrite)
+    if "csv" in targets:
+        export_csv(result, targets["csv"], level="patch", overwrite=overwrite)
+    if "ome-tiff" in targets:
+        export_ome_tiff(result, targets["ome-tiff"], level="patch", weighting="global",
+                        overwrite=overwrite)
+    if "ome-zarr" in targets:
+        export_ome_zarr(result, targets["ome-zarr"], level="patch", weighting="global",
+                        overwrite=overwrite)
+    if "provenance" in targets:
+        export_provenance(result, targets["provenance"], overwrite=overwrite)
+    if "overview" in targets:
+        if targets["overview"].exists() and not overwrite:
+            from .errors import OutputExistsError
+            raise OutputExistsError(f"{targets['overview']}: already exists")
+        write_overview(slide, result, targets["overview"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -98,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--mpp", type=float, default=None, help="override µm/px of level 0")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+
+    an = sub.add_parser("analyze", help="analyse slides with MRAN: results store + exports")
+    an.add_argument("slides", nargs="+")
+    an.add_argument("--model", default="demo", help="checkpoint file, or 'demo' (synthetic demo model)")
+    an.add_argument("--out", required=True, help="output folder (created if needed)")
+    an.add_argument("--export", default="geojson,csv,provenance,overview",
+                    help=f"comma-separated subset of {','.join(EXPORTS)} ('' for none)")
+    an.add_argument("--bag-um", type=float, default=None, help="bag side in µm (default 2048 px)")
+    an.add_argument("--tissue-method", choices=["reference", "otsu"], default="reference")
+    an.add_argument("--batch-size", default="auto")
+    an.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    an.add_argument("--mpp", type=float, default=None, help="override µm/px of level 0")
+    an.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    an.add_argument("--quiet", action="store_true")
+    an.set_defaults(func=_cmd_analyze)
 
     tr = sub.add_parser("train", help="train MRAN on labelled slides (two-branch scheme)")
     tr.add_argument("--slides", required=True, help="folder holding the slides")
@@ -120,11 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, default=4, help="bag decoding threads")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
-    try:
+    from importlib.util import find_spec
+
+    if find_spec("napari_mran._cli_cohort") is not None:
         from ._cli_cohort import register
-    except ImportError:
-        pass
-    else:
         register(sub)
     return p
 

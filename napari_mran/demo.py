@@ -1,13 +1,19 @@
-"""``make demo``: the main job end to end on the bundled sample slide.
+"""``make demo``: the main job end to end.
 
-With a display it opens napari with the slide; without one (a server, CI) it
-prints the slide's summary.
+The bundled demo model (trained on synthetic slides; NOT for diagnosis) analyses the
+bundled real H&E sample (CMU-1-Small-Region.svs) and a synthetic tumour slide. Results
+stores, exports (GeoJSON, CSV, OME-TIFF, provenance) and PNG overviews go to
+``demo-output/``. With a display, napari then opens with the slides and their attention
+layers; without one (a server, CI) the run stops after writing the files.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import time
+from pathlib import Path
 
 
 def _has_display() -> bool:
@@ -15,19 +21,66 @@ def _has_display() -> bool:
         os.environ.get("QT_QPA_PLATFORM") != "offscreen"
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo_slides(work: Path) -> list[Path]:
+    """The bundled real sample and a synthetic tumour slide (made once, deterministic)."""
     from ._napari.sample_data import sample_slide_path
+    from .synthetic import make_slide
+
+    synth = work / "synthetic-tumour.svs"
+    if not synth.exists():
+        make_slide(synth, 8192, 8192, tumour=True, seed=2026)
+    return [sample_slide_path(), synth]
+
+
+def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]:
+    """Analyse the demo slides; return the results stores written."""
+    from .analysis import predict_slide
+    from .cli import _write_exports, analysis_outputs
+    from .model import load_model
     from .slide import open_slide
 
-    path = sample_slide_path()
-    with open_slide(path) as slide:
-        print(slide.summary())
-    if not _has_display() or "--headless" in (argv or sys.argv[1:]):
-        print("\n(no display: headless summary only; run on a desktop to open napari)")
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model("demo")
+    stores = []
+    for path in demo_slides(out):
+        t0 = time.perf_counter()
+        with open_slide(path) as slide:
+            result = predict_slide(slide, model)
+            stem = path.name.split(".")[0]
+            targets = analysis_outputs(out, stem, ("geojson", "csv", "ome-tiff", "provenance",
+                                                   "overview"))
+            result.save(targets["store"], overwrite=overwrite)
+            _write_exports(result, slide, targets, overwrite)
+        stores.append(targets["store"])
+        if not quiet:
+            probs = ", ".join(f"{c} {p:.3f}" for c, p in zip(result.class_names, result.slide_probs))
+            print(f"{path.name}: {result.n_bags} bags, {probs} ({time.perf_counter() - t0:.1f} s)")
+            for kind, p in targets.items():
+                print(f"    {kind:10s} {p}")
+    return stores
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m napari_mran.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="demo-output")
+    ap.add_argument("--headless", action="store_true", help="never open napari")
+    args = ap.parse_args(argv)
+    from .errors import MRANError
+
+    print("napari-mran demo: the demo model was trained on synthetic slides; it is a "
+          "demonstration, not for diagnosis.\n")
+    try:
+        stores = run(Path(args.out))
+    except MRANError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.headless or not _has_display():
+        print(f"\n(no display: results, exports and PNG overviews are in {args.out}/; "
+              "run on a desktop to open napari)")
         return 0
     from ._napari.launch import open_viewer
 
-    open_viewer([str(path)], title="napari-mran demo")
+    open_viewer([str(s) for s in stores], title="napari-mran demo")
     return 0
 
 

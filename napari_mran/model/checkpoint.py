@@ -456,7 +456,8 @@ def load_model(
         max_bytes: refuse files larger than this many bytes (default 2 GiB).
 
     Returns:
-        The model in eval mode on the CPU. For a reference import the config's
+        The model in eval mode on the CPU, with ``checkpoint_path`` and
+        ``checkpoint_sha256`` attributes. For a reference import the config's
         ``provenance["imported_from"]`` records the file name, SHA-256 and entry used.
 
     Raises:
@@ -474,6 +475,10 @@ def load_model(
         model = _load_safetensors(path)
     else:
         model = _load_reference_pickle(path, which)
+    # where the weights came from, for the provenance of every result made with them
+    model.checkpoint_path = str(path)
+    model.checkpoint_sha256 = sha256_of(path)
+    model.is_demo = str(path_or_name) == "demo"
     return model.eval()
 
 

@@ -92,23 +92,13 @@ def _binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     pred = probs.argmax(1)
     out: dict[str, Any] = {"n": int(len(labels)),
                            "accuracy": float((pred == labels).mean()) if len(labels) else None}
-    out["auc"] = _auc(labels == 1, probs[:, 1]) if len(labels) else None
+    from ..metrics import roc_auc
+
+    out["auc"] = roc_auc((labels == 1).astype(int), probs[:, 1]) if len(labels) else None
     eps = 1e-7
     out["loss"] = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1)).mean()) \
         if len(labels) else None
     return out
-
-
-def _auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-    """Rank-based ROC AUC (ties count 1/2); None when only one class is present."""
-    from scipy.stats import rankdata
-
-    pos = np.asarray(positive, bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(scores)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
