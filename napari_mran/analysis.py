@@ -143,6 +143,78 @@ def tissue_lowres(slide, max_side: int = 8192) -> tuple[np.ndarray, np.ndarray |
     return img, valid, (w0 / lw, h0 / lh)
 
 
+@dataclass
+class TissueBags:
+    """Tissue bags of a slide and how they were found (for provenance)."""
+
+    boxes: np.ndarray            # (N, 4) level-0 x0, y0, x1, y1 of the kept bags
+    grid_boxes: np.ndarray       # (G, 4) every whole bag of the grid
+    white_fraction: np.ndarray   # (N,) the rule's white fraction of each kept bag
+    parameters: dict
+
+
+#: the reference white rule is evaluated on pixels at most this many times coarser than level 0
+REFINE_MAX_DOWNSAMPLE = 4.0
+
+
+def find_tissue_bags(slide, bag_px: int, method: str = "reference",
+                     options: dict | None = None, workers: int = 4) -> TissueBags:
+    """Tissue bags of a slide.
+
+    ``otsu``: saturation + Otsu on the smallest level (cheap and fine at low resolution).
+
+    ``reference`` (MRAN's rule: keep a bag when < 98 % of its pixels have all channels
+    > 127): averaging at a low resolution turns stroma into "white" pale pink, so the rule
+    is not applied to the smallest level. Instead (1) the smallest level gives candidate
+    bags (anything that is not glass: < 99.9 % of pixels with all channels > 220), and
+    (2) the rule is evaluated on each candidate at the coarsest level whose downsample is
+    <= 4 (level 0 when there is no such level; the exact reference when that is level 0).
+    """
+    from .tissue import select_tissue_bags
+
+    opts = dict(options or {})
+    w0, h0 = slide.dimensions
+    lowres, valid, down = tissue_lowres(slide)
+    if method != "reference":
+        sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=method,
+                                 valid=valid, **opts)
+        kept = np.flatnonzero(sel.kept)
+        return TissueBags(np.asarray(sel.boxes, np.int64).reshape(-1, 4), sel.grid_boxes,
+                          np.asarray(sel.white_fraction)[kept], {**sel.parameters, "stages": 1})
+    white_level = int(opts.pop("white_level", 127))
+    max_white = float(opts.pop("max_white_fraction", 0.98))
+    min_valid = float(opts.get("min_valid_fraction", 0.5))
+    cand = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method="reference",
+                              white_level=220, max_white_fraction=0.999, valid=valid, **opts)
+    cboxes = np.asarray(cand.boxes, np.int64).reshape(-1, 4)
+    level = 0
+    for lv, d in enumerate(slide.level_downsamples):
+        if d <= REFINE_MAX_DOWNSAMPLE * (1 + 1e-6):
+            level = lv
+    d = slide.level_downsamples[level]
+    side = max(1, int(round(bag_px / d)))
+
+    def white(box) -> tuple[float, float]:
+        rr = slide.read_region_ex((int(box[0]), int(box[1])), level, (side, side), on_error="record")
+        is_white = (rr.pixels > white_level).all(-1)
+        if rr.valid is None:
+            return float(is_white.mean()), 1.0
+        nv = int(rr.valid.sum())
+        return (float(is_white[rr.valid].mean()) if nv else 1.0), nv / rr.valid.size
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-tissue") as pool:
+        fr = list(pool.map(white, cboxes))
+    wf = np.array([f[0] for f in fr], np.float64).reshape(-1)
+    vf = np.array([f[1] for f in fr], np.float64).reshape(-1)
+    keep = (wf < max_white) & (vf >= min_valid)
+    params = {"rule": f"white = all channels > {white_level}; keep when white fraction < {max_white}",
+              "white_level": white_level, "max_white_fraction": max_white,
+              "min_valid_fraction": min_valid, "candidates_from": "smallest level (not glass: "
+              "< 99.9 % of pixels with all channels > 220)", "n_candidates": int(len(cboxes)),
+              "rule_level": level, "rule_level_downsample": float(d), "stages": 2}
+    return TissueBags(cboxes[keep], cand.grid_boxes, wf[keep], params)
+
+
 def _auto_batch(device) -> int:
     if device.type == "cuda":
         import torch
@@ -181,7 +253,6 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
 
     from . import __version__
     from .results import SlideResult
-    from .tissue import select_tissue_bags
 
     t_start = time.perf_counter()
     own_slide = False
@@ -205,10 +276,9 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
 
         # ---- tissue
         t0 = time.perf_counter()
-        lowres, valid, down = tissue_lowres(slide)
-        sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=tissue_method,
-                                 valid=valid, **(tissue_options or {}))
-        boxes = np.asarray(sel.boxes, dtype=np.int64).reshape(-1, 4)
+        tissue = find_tissue_bags(slide, bag_px, tissue_method, tissue_options,
+                                  workers=num_workers or min(8, os.cpu_count() or 2))
+        boxes = tissue.boxes
         n = len(boxes)
         t_tissue = time.perf_counter() - t0
         yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px",
@@ -335,8 +405,8 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             "slide": _slide_provenance(slide),
             "mpp": {"value": slide.mpp, "source": slide.mpp_source},
             "tissue": {"method": tissue_method, "bag_px": bag_px, "bag_um": bag_um,
-                       "parameters": _jsonable(getattr(sel, "parameters", {})),
-                       "lowres_downsample": list(down), "n_grid_bags": int(len(getattr(sel, "grid_boxes", boxes)))},
+                       "parameters": _jsonable(tissue.parameters),
+                       "n_grid_bags": int(len(tissue.grid_boxes))},
             "reading": {"level": plan.level, "read_px": plan.read_px, "resize": plan.resize,
                         "level_downsample": slide.level_downsamples[plan.level]},
             "inference": {"device": str(dev), "batch_size_final": bs, "amp": str(amp_dtype) if use_amp else "off",

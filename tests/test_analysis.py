@@ -167,3 +167,33 @@ def test_heatmap_lands_on_the_bag(tissue_slide, tiny_model):
         else:  # cell (1, 3) of patch (2, 5)
             assert hm.data[row + 2 * 4 + 1, col + 5 * 4 + 3] == pytest.approx(
                 result.cell_attention[i, 2 * 8 + 5, 1 * 4 + 3])
+
+
+def test_reference_tissue_rule_is_exact_at_level0(cmu_small):
+    """A slide stored at level 0 only: the white fraction is the reference rule on level-0 pixels."""
+    from napari_mran.analysis import find_tissue_bags
+
+    with open_slide(cmu_small) as slide:
+        t = find_tissue_bags(slide, 2048)
+        assert t.parameters["rule_level"] == 0 and t.boxes.tolist() == [[0, 0, 2048, 2048]]
+        px = slide.read_region((0, 0), 0, (2048, 2048))
+        assert t.white_fraction[0] == pytest.approx((px > 127).all(-1).mean())
+
+
+def test_reference_rule_is_not_fooled_by_low_resolution(tmp_path):
+    """Pale stroma averages to 'white' at 1/32 scale; the rule is evaluated at <= 4x instead."""
+    from napari_mran.analysis import find_tissue_bags
+    from napari_mran.tissue import select_tissue_bags
+    from napari_mran.synthetic import make_slide
+
+    make_slide(tmp_path / "s.svs", 6144, 6144, tumour=False, seed=19)  # pale stroma
+    with open_slide(tmp_path / "s.svs") as slide:
+        t = find_tissue_bags(slide, 2048)
+        assert t.parameters["rule_level_downsample"] <= 4
+        low = slide.read_level(slide.smallest_level)
+        d = slide.level_downsamples[-1]
+        naive = select_tissue_bags(low, (d, d), slide.dimensions)
+        assert len(t.boxes) >= 6 and len(naive.boxes) <= 3  # the naive rule drops real tissue
+        for box, wf in zip(t.boxes, t.white_fraction):
+            px = slide.read_region((int(box[0]), int(box[1])), 2, (512, 512))
+            assert wf == pytest.approx((px > 127).all(-1).mean())

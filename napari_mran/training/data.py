@@ -13,10 +13,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..analysis import plan_reads, read_bag, tissue_lowres
+from ..analysis import find_tissue_bags, plan_reads, read_bag
 from ..errors import AnalysisError
 from ..slide import open_slide
-from ..tissue import select_tissue_bags
 from .splits import LabelledSlide
 
 
@@ -42,7 +41,8 @@ def slide_bags(item: LabelledSlide, slides_dir: Path, cache_dir: Path, *, bag_px
     """Tissue bags of a slide, read from ``cache_dir`` when the cache matches the file
     (size + sha256 of its first MiB) and the tissue parameters, else computed and cached."""
     path = str(slides_dir / item.slide)
-    key = {"fingerprint": _fingerprint(path), "bag_px": bag_px, "method": tissue_method}
+    key = {"fingerprint": _fingerprint(path), "bag_px": bag_px, "method": tissue_method,
+           "finder": 2}
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / (hashlib.sha1(item.slide.encode()).hexdigest()[:16] + ".bags.json")
     if cache.is_file():
@@ -53,10 +53,7 @@ def slide_bags(item: LabelledSlide, slides_dir: Path, cache_dir: Path, *, bag_px
         except (ValueError, KeyError):
             pass
     with open_slide(path) as slide:
-        lowres, valid, down = tissue_lowres(slide)
-        sel = select_tissue_bags(lowres, down, slide.dimensions, bag_px=bag_px,
-                                 method=tissue_method, valid=valid)
-    boxes = np.asarray(sel.boxes, np.int64).reshape(-1, 4)
+        boxes = find_tissue_bags(slide, bag_px, tissue_method).boxes
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "slide": item.slide, "boxes": boxes.tolist()}))
     os.replace(tmp, cache)
