@@ -391,7 +391,6 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             so = model.forward_slide(torch.from_numpy(emb[keep]).to(dev))
             slide_probs = torch.softmax(so.slide_logits.float(), -1).cpu().numpy()
             gamma = so.gamma.float().cpu().numpy()
-            mil_bag_probs = torch.softmax(so.bag_logits.float(), -1).cpu().numpy()
         yield AnalysisProgress("slide", n, n, int((~ok).sum()), message="slide-level MIL done")
 
         failed = np.flatnonzero(~ok)
@@ -424,9 +423,7 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             slide_probs=slide_probs.astype(np.float32), class_names=list(cfg.class_names),
             slide_size=(int(w0), int(h0)), bag_px=bag_px, mpp=slide.mpp,
             failed_boxes=boxes[failed], failed_reasons=[failed_reasons[i] for i in failed],
-            provenance=provenance, degraded=bool(len(failed)))
-        result.mil_bag_probs = mil_bag_probs.astype(np.float32)
-        result.embeddings = emb[keep]
+            provenance=provenance, degraded=bool(len(failed)), embeddings=emb[keep])
         yield AnalysisProgress("done", n, n, int(len(failed)),
                                message="slide: " + ", ".join(
                                    f"{c} {p:.3f}" for c, p in zip(cfg.class_names, slide_probs)))

@@ -69,6 +69,10 @@ _ARRAYS: dict[str, tuple[np.dtype, Any]] = {
     "slide_probs": (_FLOAT, None),  # (C,)
     "failed_boxes": (_INT, lambda c: (4,)),  # leading dim K
 }
+# Arrays a store may hold or not (older stores and callers without them stay valid).
+_OPTIONAL_ARRAYS: dict[str, np.dtype] = {
+    "embeddings": _FLOAT,  # (N, E) bag embeddings g of the upstream branch
+}
 
 
 # --------------------------------------------------------------------------- strict JSON
@@ -359,10 +363,11 @@ def _read_store(
             raise ValueError("unexpected content")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ResultsError(f"{path}: corrupt completion marker {MARKER_NAME} ({exc})") from exc
-    names = list(_ARRAYS)
+    names = list(_ARRAYS) + [n for n in _OPTIONAL_ARRAYS if n in marker_arrays]
     if sorted(marker_arrays) != sorted(names):
         raise ResultsError(
-            f"{path}: completion marker lists arrays {sorted(marker_arrays)}, expected {sorted(names)}"
+            f"{path}: completion marker lists arrays {sorted(marker_arrays)}, expected "
+            f"{sorted(_ARRAYS)} (optionally with {sorted(_OPTIONAL_ARRAYS)})"
         )
     try:
         attrs, arrays = _zarr_read(path, names)
@@ -400,7 +405,7 @@ def verify_store(path: str | os.PathLike) -> str | None:
         _read_store(path)
     except ResultsError as exc:
         return str(exc)
-    foreign = _foreign_entries(path, list(_ARRAYS))
+    foreign = _foreign_entries(path, [*_ARRAYS, *_OPTIONAL_ARRAYS])
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         return f"it holds files that are not part of a results store ({shown})"
@@ -460,7 +465,10 @@ class SlideResult:
     """Scores of one analysed slide at the three levels, with their level-0 geometry.
 
     Shapes (N bags, C classes, K failed bags); attention/probabilities are float32,
-    boxes int64 ``[x0, y0, x1, y1]`` level-0 px on the bag grid.
+    boxes int64 ``[x0, y0, x1, y1]`` level-0 px on the bag grid.  ``embeddings``
+    (N, E) float32, the upstream bag embeddings ``g``, is optional: saved with the
+    store when present (it lets the slide-level branch be re-run without re-reading
+    the slide), absent from older stores.
     """
 
     boxes: np.ndarray  # (N, 4) int64
@@ -479,6 +487,7 @@ class SlideResult:
     failed_reasons: list[str] = field(default_factory=list)  # (K,)
     provenance: dict[str, Any] = field(default_factory=dict)
     degraded: bool = False
+    embeddings: np.ndarray | None = None  # (N, E) float32 bag embeddings, optional
     _index: dict[tuple[int, int], int] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -565,6 +574,13 @@ class SlideResult:
             clean[NONFINITE_KEY] = sorted(set(previous) | set(replaced))
         self.provenance = clean
         self.degraded = bool(self.degraded)
+        if self.embeddings is not None:
+            emb = np.asarray(self.embeddings)
+            if emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] < 1:
+                fail(f"embeddings has shape {emb.shape}, expected (N={n}, E>=1)")
+            if not np.issubdtype(emb.dtype, np.number) or np.iscomplexobj(emb):
+                fail(f"embeddings must be real numbers, not {emb.dtype}")
+            self.embeddings = np.ascontiguousarray(emb, dtype=_FLOAT)
         self._index = None
 
     # -- basic geometry --------------------------------------------------------------
@@ -838,7 +854,11 @@ class SlideResult:
     # -- store -------------------------------------------------------------------------
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in _ARRAYS}
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        for name in _OPTIONAL_ARRAYS:
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        return arrays
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write a ``.mran.zarr`` results store (zarr v3) atomically; return its path.

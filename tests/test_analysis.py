@@ -197,3 +197,28 @@ def test_reference_rule_is_not_fooled_by_low_resolution(tmp_path):
         for box, wf in zip(t.boxes, t.white_fraction):
             px = slide.read_region((int(box[0]), int(box[1])), 2, (512, 512))
             assert wf == pytest.approx((px > 127).all(-1).mean())
+
+
+def test_out_of_memory_halves_the_batch_with_same_results(tissue_slide, tiny_model, monkeypatch):
+    """Battery row 23: a CUDA OOM halves the batch and retries; numbers are unchanged."""
+    import napari_mran.analysis as A
+
+    with open_slide(tissue_slide) as slide:
+        ref = predict_slide(slide, tiny_model, batch_size=4, compile=False)
+        real = A._forward_with_oom_retry
+        seen = []
+
+        def flaky(run, images, dev, bs):
+            def oom_for_big(x, _run=run):
+                seen.append(x.shape[0])
+                if x.shape[0] > 1:
+                    raise torch.cuda.OutOfMemoryError("simulated: CUDA out of memory")
+                return _run(x)
+            return real(oom_for_big, images, dev, bs)
+
+        monkeypatch.setattr(A, "_forward_with_oom_retry", flaky)
+        got = predict_slide(slide, tiny_model, batch_size=4, compile=False)
+    assert 4 in seen and 2 in seen and seen[-1] == 1
+    assert got.provenance["inference"]["batch_size_final"] == 1
+    assert np.allclose(got.cell_attention, ref.cell_attention, atol=1e-5)
+    assert np.allclose(got.slide_probs, ref.slide_probs, atol=1e-5)

@@ -111,3 +111,35 @@ def test_cli_train_and_bad_input(cohort, tmp_path, capsys):
     rc = cli_main(["train", "--slides", str(slides), "--labels", str(tmp_path / "nope.csv"),
                    "--out", str(tmp_path / "x")])
     assert rc == 2 and "nope.csv" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_from_the_cli(cohort, tmp_path):
+    """Kill -9 the CLI after its first checkpoint, resume: same weights as uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slides, labels = cohort
+    args = ["--slides", str(slides), "--labels", str(labels), "--epochs", "2", "--width", "0.0625",
+            "--folds", "3", "--fold", "0", "--workers", "2", "--max-bags-per-slide", "1",
+            "--batch-size", "2", "--lr", "1e-3", "--seed", "5", "--quiet"]
+    full, part = tmp_path / "full", tmp_path / "killed"
+    assert cli_main(["train", *args, "--out", str(full)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "napari_mran", "train", *args, "--out", str(part)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (part / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (part / "checkpoint.pt").exists()
+    assert cli_main(["train", *args, "--out", str(part), "--resume"]) == 0
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]

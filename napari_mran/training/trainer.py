@@ -206,6 +206,8 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         best = json.loads(state["best"])
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["torch_rng"])
+        # a kill between the metrics line and the checkpoint must not leave a duplicate line
+        (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         yield EpochEvent(start_epoch, cfg.epochs, "prepare",
                          message=f"resumed after epoch {start_epoch} of {cfg.epochs}")
 
