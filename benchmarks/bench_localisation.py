@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     rows = list(csv.DictReader(open(args.labels)))
     labels, probs = [], []
     bag_pos, bag_score, patch_pos, patch_score = [], [], [], []
+    bag25_pos, bag25_score = [], []
     per_slide_bag, per_slide_patch = [], []
     t0 = time.perf_counter()
     n_bags = 0
@@ -72,6 +73,9 @@ def main(argv=None) -> int:
         frac_bag = tumour_bag_labels(mask, result.boxes)
         frac_patch = tumour_bag_labels(mask, result.level_boxes("patch").reshape(-1, 4))
         gamma = result.scores("bag", "local")
+        keep25 = (frac_bag >= 0.25) | (frac_bag < NEG)
+        bag25_pos.append(frac_bag[keep25] >= 0.25)
+        bag25_score.append(gamma[keep25])
         global_patch = result.scores("patch", "global").reshape(-1)
         for frac, score, pos_list, score_list, per in (
                 (frac_bag, gamma, bag_pos, bag_score, per_slide_bag),
@@ -92,6 +96,8 @@ def main(argv=None) -> int:
         "slide_accuracy": float((pred == labels_a).mean()),
         "bag_localisation_auc": auc(np.concatenate(bag_pos), np.concatenate(bag_score)),
         "patch_localisation_auc": auc(np.concatenate(patch_pos), np.concatenate(patch_score)),
+        "bag_localisation_auc_25": auc(np.concatenate(bag25_pos), np.concatenate(bag25_score)),
+        "n_tumour_bags_25": int(np.concatenate(bag25_pos).sum()),
         "bag_localisation_auc_per_slide_mean": float(np.mean(per_slide_bag)) if per_slide_bag else None,
         "patch_localisation_auc_per_slide_mean": float(np.mean(per_slide_patch)) if per_slide_patch else None,
         "n_tumour_bags": int(np.concatenate(bag_pos).sum()), "n_normal_bags": int((~np.concatenate(bag_pos)).sum()),
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
         f"| slide accuracy (p >= 0.5) | {f(res['slide_accuracy'])} | |",
         f"| bag attention vs tumour bags, pooled ({res['n_tumour_bags']} tumour / {res['n_normal_bags']} normal bags) | {f(res['bag_localisation_auc'])} | >= 0.9 |",
         f"| global patch attention (gamma x alpha) vs tumour patches, pooled ({res['n_tumour_patches']} / {res['n_normal_patches']}) | {f(res['patch_localisation_auc'])} | >= 0.85 |",
+        f"| bag attention vs bags >= 25 % tumour, pooled ({res['n_tumour_bags_25']} tumour bags) | {f(res['bag_localisation_auc_25'])} | |",
         f"| bag localisation AUC, mean per tumour slide | {f(res['bag_localisation_auc_per_slide_mean'])} | |",
         f"| patch localisation AUC, mean per tumour slide | {f(res['patch_localisation_auc_per_slide_mean'])} | |",
     ])
