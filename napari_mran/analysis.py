@@ -294,14 +294,13 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
         use_amp = (amp is True or amp == "auto") and dev.type == "cuda"
         amp_dtype = (torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported()
                      else torch.float16)
-        upstream = model.forward_bags
-        compiled = "no"
+        state = {"fn": model.forward_bags, "compile": "no"}
         if (compile is True or (compile == "auto" and dev.type == "cpu" and n >= 64)):
             try:
-                upstream = torch.compile(model.forward_bags, dynamic=True)
-                compiled = "yes"
+                state["fn"] = torch.compile(model.forward_bags, dynamic=True)
+                state["compile"] = "pending"
             except Exception as exc:  # noqa: BLE001 - eager is always correct
-                compiled = f"failed ({type(exc).__name__}); eager"
+                state["compile"] = f"failed ({type(exc).__name__}); eager"
         bs = _auto_batch(dev) if batch_size == "auto" else max(1, int(batch_size))
         plan = plan_reads(slide, bag_px, cfg.input_px)
         workers = num_workers or min(8, os.cpu_count() or 2)
@@ -320,12 +319,26 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
         failed_reasons: dict[int, str] = {}
         no_data = np.zeros(n, np.float32)
 
-        def run(x):
+        def call(x):
             with torch.inference_mode():
                 if use_amp:
                     with torch.autocast("cuda", dtype=amp_dtype):
-                        return upstream(x, top_k_patches=top_k_patches)
-                return upstream(x, top_k_patches=top_k_patches)
+                        return state["fn"](x, top_k_patches=top_k_patches)
+                return state["fn"](x, top_k_patches=top_k_patches)
+
+        def run(x):
+            if state["compile"] != "pending":
+                return call(x)
+            try:  # torch.compile builds on the first call: fall back to eager if that fails
+                out = call(x)
+                state["compile"] = "yes"
+                return out
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no compiler, unsupported op, ...
+                state["fn"] = model.forward_bags
+                state["compile"] = f"failed ({type(exc).__name__}); eager"
+                return call(x)
 
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-bag")
         pending: deque[tuple[int, Future]] = deque()
@@ -409,7 +422,7 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             "reading": {"level": plan.level, "read_px": plan.read_px, "resize": plan.resize,
                         "level_downsample": slide.level_downsamples[plan.level]},
             "inference": {"device": str(dev), "batch_size_final": bs, "amp": str(amp_dtype) if use_amp else "off",
-                          "compile": compiled, "decode_threads": workers, "top_k_patches": top_k_patches},
+                          "compile": state["compile"], "decode_threads": workers, "top_k_patches": top_k_patches},
             "timings_s": {"tissue": round(t_tissue, 3), "bags": round(time.perf_counter() - t_bags, 3),
                           "model": round(t_model, 3), "total": round(time.perf_counter() - t_start, 3)},
             "failed_bags": int(len(failed)),

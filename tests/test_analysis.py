@@ -222,3 +222,20 @@ def test_out_of_memory_halves_the_batch_with_same_results(tissue_slide, tiny_mod
     assert got.provenance["inference"]["batch_size_final"] == 1
     assert np.allclose(got.cell_attention, ref.cell_attention, atol=1e-5)
     assert np.allclose(got.slide_probs, ref.slide_probs, atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager(tissue_slide, tiny_model, monkeypatch):
+    """torch.compile errors surface on the first call (no compiler, unsupported op): the
+    analysis falls back to eager, records it, and the numbers are the eager ones."""
+    def broken_compile(fn, **kwargs):
+        def compiled(*a, **k):
+            raise RuntimeError("simulated: inductor needs a C++ compiler")
+        return compiled
+
+    with open_slide(tissue_slide) as slide:
+        ref = predict_slide(slide, tiny_model, compile=False)
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        got = predict_slide(slide, tiny_model, compile=True)
+    assert got.provenance["inference"]["compile"] == "failed (RuntimeError); eager"
+    assert ref.provenance["inference"]["compile"] == "no"
+    assert np.allclose(got.cell_attention, ref.cell_attention, atol=1e-6)
