@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_mran import open_slide
-    from napari_mran.analysis import (analyze_slide, plan_reads, predict_slide, read_bag,
+    from napari_mran.analysis import (plan_reads, predict_slide, read_bag,
                                       tissue_lowres)
     from napari_mran.model import MRAN, MRANConfig
     from napari_mran.synthetic import make_slide
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 model.forward_bags(x_all[i:i + bs])
             t_model = time.perf_counter() - t0
         entry = {"model_only_bags_per_s": n / t_model}
-        rows.append((f"model only, eager", width, n / t_model))
+        rows.append(("model only, eager", width, n / t_model))
         if args.compile:
             fn = torch.compile(model.forward_bags, dynamic=True)
             with torch.inference_mode():

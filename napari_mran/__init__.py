@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .errors import (AnalysisError, CheckpointError, CorruptSlideError, MRANError,
-                     OutputExistsError, ResourceLimitError, ResultsError, SlideError,
-                     UnsupportedFormatError, UnsupportedPixelsError)
+from .errors import (AnalysisError, CheckpointError, CorruptSlideError,  # noqa: F401
+                     LabelsError, MRANError, OutputExistsError, ResourceLimitError,
+                     ResultsError, SlideError, UnsupportedFormatError, UnsupportedPixelsError)
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,8 @@ _LAZY = {
     "SlideResult": "napari_mran.results",
 }
 
-__all__ = sorted([*_LAZY, "AnalysisError", "CheckpointError", "CorruptSlideError", "MRANError",
+__all__ = sorted([*_LAZY, "AnalysisError", "CheckpointError", "CorruptSlideError",
+                  "LabelsError", "MRANError",
                   "OutputExistsError", "ResourceLimitError", "ResultsError", "SlideError",
                   "UnsupportedFormatError", "UnsupportedPixelsError", "__version__"])
 

@@ -480,12 +480,9 @@ def _forward_with_oom_retry(run, images: list[np.ndarray], dev, bs: int):
 
 def predict_slide(slide, model, **options):
     """Run :func:`analyze_slide` to completion and return its SlideResult."""
-    gen = analyze_slide(slide, model, **options)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from ._events import drain
+
+    return drain(analyze_slide(slide, model, **options))
 
 
 def _versions(*names: str) -> dict[str, str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from ._events import drain as _drain
 from .errors import MRANError
 
 
@@ -50,15 +52,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _drain(gen, on_event):
-    """Run a generator of events to its return value, calling on_event for each."""
-    while True:
-        try:
-            on_event(next(gen))
-        except StopIteration as stop:
-            return stop.value
-
-
 def _cmd_train(args) -> int:
     from .training import TrainConfig, train
 
@@ -90,10 +83,8 @@ def _cmd_train(args) -> int:
 EXPORTS = ("geojson", "csv", "ome-tiff", "ome-zarr", "provenance", "overview")
 
 
-def analysis_outputs(out_dir, stem: str, exports) -> dict[str, "Path"]:
+def analysis_outputs(out_dir, stem: str, exports) -> dict[str, Path]:
     """Final names of everything ``analyze`` writes for one slide."""
-    from pathlib import Path
-
     out = Path(out_dir)
     names = {"store": f"{stem}.mran.zarr", "geojson": f"{stem}.bags.geojson",
              "csv": f"{stem}.patches.csv", "ome-tiff": f"{stem}.patch-attention.ome.tif",

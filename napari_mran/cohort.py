@@ -935,10 +935,7 @@ def predict_cohort(
 
 def run_cohort(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Drain :func:`predict_cohort` and return its summary."""
-    gen = predict_cohort(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from ._events import drain
+
+    return drain(predict_cohort(*args, **kwargs))
 

@@ -44,6 +44,10 @@ class CheckpointError(MRANError):
     """A model checkpoint is missing, malformed, unsafe or incompatible."""
 
 
+class LabelsError(MRANError):
+    """A labels.csv or split file is missing, malformed or inconsistent."""
+
+
 class AnalysisError(MRANError):
     """An analysis could not be completed (e.g. too many bags failed to decode)."""
 

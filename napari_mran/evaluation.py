@@ -18,20 +18,19 @@ case id; slides of one case are also scored together).  See docs/evaluation.md.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import (AnalysisError, CheckpointError, MRANError, OutputExistsError,
-                     ResultsError)
+from .errors import (AnalysisError, CheckpointError, LabelsError, MRANError, OutputExistsError, ResultsError)
+from .labels import read_labels_table
+from .labels import read_labels_table as read_labels  # public name kept
 
 __all__ = [
     "EVALUATION_FILES",
@@ -51,11 +50,6 @@ EVALUATION_FILES = {
     "faithfulness_md": "faithfulness.md",
 }
 METRICS_FORMAT = "napari-mran-evaluation"
-_MAX_LABELS_BYTES = 64 << 20
-
-
-class LabelsError(MRANError):
-    """The labels file is missing, malformed or names slides that do not exist."""
 
 
 @dataclass
@@ -77,95 +71,6 @@ class EvaluationEvent:
 
 
 # --------------------------------------------------------------------------- labels
-
-
-def read_labels(labels_csv: str | os.PathLike, slides_dir: str | os.PathLike,
-                class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Parse and check ``labels.csv``; LabelsError names the file, line and reason.
-
-    Returns one dict per row: ``slide`` (as written), ``path`` (absolute), ``label``
-    (int), ``case`` (str; the slide itself when the column is absent or empty), ``line``.
-    """
-    path = Path(labels_csv).expanduser()
-    root = Path(slides_dir).expanduser()
-    if not root.is_dir():
-        raise LabelsError(f"{root}: slides folder not found (or not a folder)")
-    if not path.is_file():
-        raise LabelsError(f"{path}: labels file not found (or not a file)")
-    try:
-        if path.stat().st_size > _MAX_LABELS_BYTES:
-            raise LabelsError(f"{path}: labels file is larger than {_MAX_LABELS_BYTES >> 20} MiB")
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise LabelsError(f"{path}: not UTF-8 text (save the labels as UTF-8 CSV)") from None
-    except OSError as exc:
-        raise LabelsError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise LabelsError(f"{path}: empty file (expected a header: slide,label,case)") from None
-    except csv.Error as exc:
-        raise LabelsError(f"{path}: line 1: {exc}") from None
-    cols = [h.strip().lower() for h in header]
-    for need in ("slide", "label"):
-        if need not in cols:
-            raise LabelsError(f"{path}: line 1: no {need!r} column (header is {header}; "
-                              "expected slide,label,case)")
-    i_slide, i_label = cols.index("slide"), cols.index("label")
-    i_case = cols.index("case") if "case" in cols else None
-    n_classes = len(class_names)
-    root_abs = os.path.abspath(root)
-    rows: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    missing: list[str] = []
-    try:
-        for line_no, raw in enumerate(reader, start=2):
-            if not raw or all(not c.strip() for c in raw):
-                continue
-            where = f"{path}: line {line_no}"
-            if len(raw) < len(cols):
-                raw = raw + [""] * (len(cols) - len(raw))
-            slide = raw[i_slide].strip()
-            label_text = raw[i_label].strip()
-            if not slide:
-                raise LabelsError(f"{where}: empty slide name")
-            if os.path.isabs(slide) or slide.startswith(("~", "\\")):
-                raise LabelsError(f"{where}: slide {slide!r} must be a path relative to {root}")
-            full = os.path.normpath(os.path.join(root_abs, slide))
-            if os.path.commonpath([root_abs, full]) != root_abs:
-                raise LabelsError(f"{where}: slide {slide!r} points outside {root}")
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise LabelsError(f"{where}: label {label_text!r} is not an integer class index "
-                                  f"(0..{n_classes - 1} = {', '.join(class_names)})") from None
-            if not 0 <= label < n_classes:
-                raise LabelsError(f"{where}: label {label} is out of range for the model's "
-                                  f"{n_classes} classes (0..{n_classes - 1} = "
-                                  f"{', '.join(class_names)})")
-            if full in seen:
-                raise LabelsError(f"{where}: slide {slide!r} is listed twice "
-                                  f"(also on line {seen[full]})")
-            seen[full] = line_no
-            if not os.path.isfile(full):
-                missing.append(f"line {line_no}: {slide}")
-            case = raw[i_case].strip() if i_case is not None else ""
-            rows.append({"slide": slide, "path": full, "label": label,
-                         "case": case or slide, "line": line_no})
-    except csv.Error as exc:
-        raise LabelsError(f"{path}: line {reader.line_num}: {exc}") from None
-    if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise LabelsError(f"{path}: slide file not found in {root}: "
-                          + "; ".join(missing[:5]) + more)
-    if not rows:
-        raise LabelsError(f"{path}: no slides listed")
-    return rows
 
 
 # --------------------------------------------------------------------------- outputs
@@ -384,7 +289,7 @@ def evaluate(
         ms.append(ALL)
     if not ks:
         raise LabelsError("--k: give at least one bag limit")
-    rows = read_labels(labels_csv, slides_dir, class_names)
+    rows = read_labels_table(labels_csv, slides_dir, class_names)
 
     out = prepare_out_dir(out_dir)
     if results_dir is not None:
@@ -550,9 +455,6 @@ def evaluate(
 
 def run_evaluation(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Drain :func:`evaluate` and return its report."""
-    gen = evaluate(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from ._events import drain
+
+    return drain(evaluate(*args, **kwargs))

@@ -13,6 +13,7 @@ import torch
 from napari_mran import AnalysisError, open_slide
 from napari_mran.analysis import analyze_slide, plan_reads, predict_slide
 from napari_mran.model import MRAN, MRANConfig
+from napari_mran._events import collect as drain
 from slide_writers import patch, write_svs_pyramid
 
 
@@ -35,13 +36,6 @@ def tissue_slide(tmp_path_factory, cmu_pixels):
     return p
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def test_events_and_result(tissue_slide, tiny_model):

@@ -292,7 +292,7 @@ def test_corrupt_tile_recorded_or_raised(tmp_path, svs_pyramid):
     p = tmp_path / "bad.svs"
     shutil.copy(svs_pyramid, p)
     t = tifffile.TiffFile(p)
-    off, n = t.pages[0].dataoffsets[3], t.pages[0].databytecounts[3]
+    off = t.pages[0].dataoffsets[3]
     t.close()
     # damage the tile's JPEG headers (entropy-coded data damage often decodes silently)
     patch(p, off + 2, np.random.default_rng(1).bytes(64))
@@ -426,7 +426,7 @@ def _small_inputs():
 
 
 def test_row11_fuzz_byte_mutations(tmp_path):
-    hypothesis = pytest.importorskip("hypothesis")
+    pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

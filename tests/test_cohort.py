@@ -22,6 +22,7 @@ from napari_mran.cohort import (LOCK_NAME, CohortError, OutputLock, predict_coho
 from napari_mran.errors import CheckpointError, OutputExistsError
 from napari_mran.model import MRAN, MRANConfig, save_model, sha256_of
 from napari_mran.results import SlideResult, verify_store
+from napari_mran._events import collect as drain
 from slide_writers import write_svs_pyramid
 
 FORMULA = "=SUM(1+1)"  # a slide name a spreadsheet would evaluate (battery row 24)
@@ -47,13 +48,6 @@ def data(tmp_path_factory, cmu_pixels):
     return {"root": root, "model": str(model_path), "slides": paths, "bad": str(bad)}
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def children():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from napari_mran import OutputExistsError
 from napari_mran.cli import main as cli_main
 from napari_mran.model import load_model
 from napari_mran.synthetic import make_cohort
+from napari_mran._events import collect as drain
 from napari_mran.training import (LabelledSlide, LabelsError, TrainConfig, make_splits,
                                   read_labels, train)
 
@@ -28,13 +27,6 @@ CFG = dict(epochs=2, width=0.0625, n_folds=3, fold=0, workers=2, max_bags_per_sl
            batch_size=2, lr=1e-3, seed=5)
 
 
-def drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def test_splits_keep_cases_together_and_are_reproducible():
@@ -55,7 +47,7 @@ def test_labels_errors(tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("slide,label\nx.svs,one\n")
     with pytest.raises(LabelsError, match="not an integer"):
-        read_labels(bad)
+        read_labels(bad, tmp_path)
     bad.write_text("slide,label\nx.svs,1\n")
     with pytest.raises(LabelsError, match="not found"):
         read_labels(bad, tmp_path)

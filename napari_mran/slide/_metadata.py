@@ -17,7 +17,7 @@ MPP_MAX = 20.0
 #: x/y MPP ratios beyond this are reported as anisotropic.
 ANISOTROPY_TOLERANCE = 0.02
 
-_UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "\u00b5m": 1.0,
+_UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0,
                "nm": 1e-3, "pm": 1e-6, "micron": 1.0, "microns": 1.0}
 
 

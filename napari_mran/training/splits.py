@@ -5,15 +5,11 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import MRANError
-
-
-class LabelsError(MRANError):
-    """labels.csv or a split file is missing, malformed or inconsistent."""
+from ..errors import LabelsError
+from ..labels import read_labels_table
 
 
 @dataclass(frozen=True)
@@ -23,43 +19,11 @@ class LabelledSlide:
     case: str
 
 
-def read_labels(labels_csv: str | os.PathLike, slides_dir: str | os.PathLike | None = None,
+def read_labels(labels_csv: str | os.PathLike, slides_dir: str | os.PathLike,
                 ) -> list[LabelledSlide]:
-    """Read ``slide,label,case`` rows; check labels are integers >= 0 and files exist."""
-    path = Path(labels_csv)
-    if not path.is_file():
-        raise LabelsError(f"{path}: labels file not found")
-    rows: list[LabelledSlide] = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"slide", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise LabelsError(f"{path}: missing column(s) {sorted(missing)}; expected slide,label,case")
-        for i, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise LabelsError(f"{path}:{i}: label {row['label']!r} is not an integer") from None
-            if label < 0:
-                raise LabelsError(f"{path}:{i}: label {label} is negative")
-            slide = (row.get("slide") or "").strip()
-            if not slide:
-                raise LabelsError(f"{path}:{i}: empty slide name")
-            case = (row.get("case") or "").strip() or slide
-            rows.append(LabelledSlide(slide, label, case))
-    if not rows:
-        raise LabelsError(f"{path}: no rows")
-    seen: dict[str, int] = {}
-    for r in rows:
-        if r.slide in seen:
-            raise LabelsError(f"{path}: slide {r.slide!r} is listed twice")
-        seen[r.slide] = 1
-    if slides_dir is not None:
-        absent = [r.slide for r in rows if not (Path(slides_dir) / r.slide).is_file()]
-        if absent:
-            raise LabelsError(f"{path}: {len(absent)} slide(s) not found under {slides_dir}: "
-                              f"{', '.join(absent[:3])}")
-    return rows
+    """Rows of ``labels.csv`` (slide,label,case) checked by :func:`napari_mran.labels.read_labels_table`."""
+    return [LabelledSlide(r["slide"], r["label"], r["case"])
+            for r in read_labels_table(labels_csv, slides_dir)]
 
 
 def make_splits(rows: list[LabelledSlide], *, n_folds: int = 5, fold: int = 0, seed: int = 0,

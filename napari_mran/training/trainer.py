@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MRANError, OutputExistsError
 from .data import BagReader, SlideBags, slide_bags
-from .splits import (LabelledSlide, LabelsError, make_splits, read_labels, read_split_file,
+from .splits import (LabelsError, make_splits, read_labels, read_split_file,
                      write_splits)
 
 CHECKPOINT = "checkpoint.pt"
