@@ -118,8 +118,10 @@ def test_sigkill_then_resume_from_the_cli(cohort, tmp_path):
             "--folds", "3", "--fold", "0", "--workers", "2", "--max-bags-per-slide", "1",
             "--batch-size", "2", "--lr", "1e-3", "--seed", "5", "--quiet"]
     full, part = tmp_path / "full", tmp_path / "killed"
-    assert cli_main(["train", *args, "--out", str(full)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "napari_mran", "train", *args, "--out", str(part)],
+    cmd = [sys.executable, "-m", "napari_mran", "train", *args]
+    # every run in a fresh process, so all three see the same torch threading set-up
+    subprocess.run([*cmd, "--out", str(full)], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, "--out", str(part)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (part / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -127,7 +129,7 @@ def test_sigkill_then_resume_from_the_cli(cohort, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (part / "checkpoint.pt").exists()
-    assert cli_main(["train", *args, "--out", str(part), "--resume"]) == 0
+    subprocess.run([*cmd, "--out", str(part), "--resume"], check=True, capture_output=True)
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(part / "checkpoint.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 1
