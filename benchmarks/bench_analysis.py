@@ -33,11 +33,9 @@ def main(argv=None) -> int:
     import torch
 
     from napari_mran import open_slide
-    from napari_mran.analysis import (plan_reads, predict_slide, read_bag,
-                                      tissue_lowres)
+    from napari_mran.analysis import find_tissue_bags, plan_reads, predict_slide, read_bag
     from napari_mran.model import MRAN, MRANConfig
     from napari_mran.synthetic import make_slide
-    from napari_mran.tissue import select_tissue_bags
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=8192)
@@ -48,8 +46,7 @@ def main(argv=None) -> int:
     path = tmp / "bench.svs"
     make_slide(path, args.size, args.size, tumour=True, seed=1)
     slide = open_slide(path)
-    low, valid, down = tissue_lowres(slide)
-    boxes = select_tissue_bags(low, down, slide.dimensions, valid=valid).boxes
+    boxes = find_tissue_bags(slide, 2048).boxes  # the same bags analyze_slide will use
     plan = plan_reads(slide, 2048, 1024)
     n = len(boxes)
     rows = []
@@ -90,8 +87,9 @@ def main(argv=None) -> int:
             entry.update(compiled_bags_per_s=n / t_comp, compile_build_s=t_build)
             rows.append((f"model only, torch.compile (build {t_build:.0f} s)", width, n / t_comp))
         t0 = time.perf_counter()
-        predict_slide(slide, model, batch_size=bs, compile=False)
+        res = predict_slide(slide, model, batch_size=bs, compile=False)
         t_full = time.perf_counter() - t0
+        assert res.n_bags == n, (res.n_bags, n)
         entry["full_bags_per_s"] = n / t_full
         entry["full_over_model_time"] = t_full / t_model
         rows.append(("full analyze_slide (tissue + decode + model + MIL)", width, n / t_full))
