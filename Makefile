@@ -41,7 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_read.py
 
 screenshots: install sysdeps
-	QT_QPA_PLATFORM=xcb $(BIN)/python benchmarks/screenshots.py
+	$(BIN)/python scripts/make_screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

@@ -266,7 +266,11 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             if slide.mpp is None:
                 raise AnalysisError(f"{slide.path}: a bag size in µm needs the slide's MPP, "
                                     "which is unknown (pass mpp= when opening the slide)")
-            bag_px = int(round(bag_um / slide.mpp[0]))
+            from .tissue import TissueError, bag_px_from_um
+            try:
+                bag_px = bag_px_from_um(bag_um, slide.mpp)
+            except TissueError as exc:
+                raise AnalysisError(f"{slide.path}: {exc}") from None
         bag_px = int(bag_px or cfg.bag_px)
         if bag_px < cfg.input_px // 4:
             raise AnalysisError(f"bag size {bag_px} px is too small for the model input "

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ._napari.launch import open_viewer
 
-    open_viewer([str(s) for s in stores], title="napari-mran demo")
+    # the synthetic tumour slide first (shown), the real H&E sample second (hidden layers)
+    open_viewer([str(s) for s in reversed(stores)], title="napari-mran demo")
     return 0
 
 

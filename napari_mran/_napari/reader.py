@@ -1,10 +1,11 @@
-"""npe2 reader contribution: whole-slide images as one lazy multiscale RGB layer."""
+"""npe2 reader contributions: whole-slide images as one lazy multiscale RGB layer, and
+``.mran.zarr`` results stores as their attention layers over the slide."""
 
 from __future__ import annotations
 
 import os
 
-from ..errors import SlideError, UnsupportedFormatError
+from ..errors import MRANError, ResultsError, SlideError, UnsupportedFormatError
 from ..slide import open_slide
 from .layers import slide_layer_data
 
@@ -36,10 +37,122 @@ def _slide_reader(slide):
     return read
 
 
-def _notifying_reader(exc: SlideError):
+def _notifying_reader(exc: MRANError, what: str = "slide"):
     def read(_path):
         from napari.utils.notifications import show_error
 
-        show_error(f"napari-mran could not open the slide: {exc}")
+        show_error(f"napari-mran could not open the {what}: {exc}")
         return [(None,)]  # napari's "nothing to add" sentinel
     return read
+
+
+# ------------------------------------------------------------------ results stores
+
+def get_results_reader(path):
+    """Reader for a ``.mran.zarr`` results store: the result's layers over its slide.
+
+    Declines (None) anything that is not a folder named ``*.mran.zarr``; a store that is
+    incomplete or corrupt gets a reader that notifies the reason and adds nothing.
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = os.fspath(path).rstrip("/\\")
+    if not path.endswith(".mran.zarr") or not os.path.isdir(path):
+        return None
+    from ..results import SlideResult
+
+    try:
+        result = SlideResult.load(path)
+    except ResultsError as exc:
+        return _notifying_reader(exc, what="results store")
+    return _results_reader(result, path)
+
+
+def _results_reader(result, store_path: str):
+    def read(_path):
+        return results_layer_data(result, store_path)
+    return read
+
+
+def results_layer_data(result, store_path: str | None = None, viewer=None) -> list[tuple]:
+    """Layer tuples of a saved result: its slide (unless already open) + result layers.
+
+    The slide is found at ``result.provenance['slide']['path']``.  When it is missing,
+    unreadable or of another size, the heatmaps are shown alone in the result's own
+    frame (µm when its MPP is known, else level-0 px) with a warning.
+    """
+    from .layers import SlideFrame, result_layer_data, watch_viewer
+
+    if viewer is None:
+        viewer = _current_viewer()
+    slide_path = (result.provenance.get("slide") or {}).get("path")
+    out: list[tuple] = []
+    frame = None
+    existing = _open_slide_layer(viewer, slide_path)
+    if existing is not None:
+        frame = SlideFrame.from_layer(existing)
+    elif slide_path:
+        slide, why = _open_matching_slide(slide_path, result)
+        if slide is not None:
+            out.append(slide_layer_data(slide))
+            frame = SlideFrame.from_slide(slide)
+        else:
+            _warn(f"napari-mran: the slide of {os.path.basename(store_path or '')} is not "
+                  f"shown ({why}); the heatmaps are shown in "
+                  + ("µm" if result.mpp_xy else "level-0 pixels") + " without it")
+    else:
+        _warn("napari-mran: this result does not record its slide's path; showing the "
+              "heatmaps alone")
+    out += result_layer_data(result, frame, extra_metadata={
+        "mran_results_path": None if store_path is None else os.path.abspath(store_path)})
+    if viewer is not None:
+        watch_viewer(viewer)  # hover text on the result layers once they are added
+    return out
+
+
+def _open_matching_slide(slide_path: str, result):
+    if not os.path.exists(slide_path):
+        return None, f"{slide_path} no longer exists"
+    try:
+        slide = open_slide(slide_path)
+    except SlideError as exc:
+        return None, f"it cannot be opened: {exc.reason}"
+    if tuple(slide.dimensions) != tuple(result.slide_size):
+        size = f"{slide.dimensions[0]} x {slide.dimensions[1]}"
+        slide.close()
+        return None, (f"{slide_path} is {size} px, the result was computed on "
+                      f"{result.slide_size[0]} x {result.slide_size[1]} px")
+    return slide, ""
+
+
+def _current_viewer():
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no napari / no viewer: plain tuples
+        return None
+
+
+def _open_slide_layer(viewer, slide_path):
+    if viewer is None or not slide_path:
+        return None
+    want = os.path.abspath(slide_path)
+    for layer in viewer.layers:
+        p = (layer.metadata or {}).get("mran_slide_path")
+        if "mran_slide" in (layer.metadata or {}) and p and os.path.abspath(p) == want:
+            return layer
+    return None
+
+
+def _warn(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    except Exception:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(message, stacklevel=3)

@@ -1,0 +1,528 @@
+"""The "Analyze slide" widget in a real, shown napari viewer (Xvfb + xcb).
+
+reader -> widget -> Analyze on a small slide with a tiny random model -> layers aligned
+with the slide -> hover, top-bag zoom, display controls -> export and re-open; cancel
+mid-run; errors; the Qt event loop stays responsive while reads are slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from qtpy.QtCore import QElapsedTimer, Qt, QTimer
+from slide_writers import write_svs_pyramid
+
+import napari_mran.analysis as analysis_mod
+from napari_mran._napari import _widget as W
+from napari_mran._napari import layers as L
+from napari_mran._napari.sample_data import sample_slide_path
+from napari_mran.model import MRAN, MRANConfig, save_model
+from napari_mran.results import SlideResult, is_results_store
+
+BAG = 2048
+TISSUE_BAGS = [(0, 0), (0, 1), (1, 1), (1, 2)]  # (row, col) of tissue in a 2 x 3 grid
+
+
+@pytest.fixture(autouse=True)
+def _keep_gl_programs(monkeypatch):
+    """Work around a crash of the test machine's software OpenGL, not of napari-mran.
+
+    On Mesa 22.3 (llvmpipe and softpipe, Xvfb) with napari 0.9.2 / vispy 0.17, deleting
+    the GL programs of removed layers while an RGB image is shown makes a later draw
+    segfault in glDrawArrays (docs/gui.md, "Known problems", has a 20-line
+    reproduction with napari alone).  Skipping glDeleteProgram in tests (a few KB
+    leaked per removed layer) lets them check what the widget does when it removes
+    layers.
+    """
+    from vispy.gloo import glir
+
+    monkeypatch.setattr(glir.GlirProgram, "delete", lambda self: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()
+
+
+@pytest.fixture(scope="module")
+def cmu_crop():
+    return tifffile.imread(sample_slide_path())[:BAG, :BAG]
+
+
+def _tissue_image(crop, bags=TISSUE_BAGS, shape=(2, 3)):
+    img = np.full((shape[0] * BAG, shape[1] * BAG, 3), 243, np.uint8)  # glass
+    for r, c in bags:
+        img[r * BAG:(r + 1) * BAG, c * BAG:(c + 1) * BAG] = crop[:, ::-1] if c % 2 else crop
+    return img
+
+
+@pytest.fixture(scope="module")
+def tissue_slide(tmp_path_factory, cmu_crop):
+    """6144 x 4096 px, MPP 0.5: tissue in 4 of the 6 bags of 2048 px."""
+    p = tmp_path_factory.mktemp("widget") / "tissue.svs"
+    return write_svs_pyramid(p, _tissue_image(cmu_crop), downsamples=(1, 2, 4, 16), tile=256,
+                             mpp=0.5)
+
+
+def _slide_copy(tissue_slide, tmp_path):
+    """The slide in a folder of its own (results land beside it by default)."""
+    dst = tmp_path / "slides" / tissue_slide.name
+    dst.parent.mkdir()
+    os.link(tissue_slide, dst) if hasattr(os, "link") else dst.write_bytes(tissue_slide.read_bytes())
+    return dst
+
+
+def _widget(viewer, qtbot, model=None):
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
+    assert isinstance(widget, W.AnalyzeSlideWidget)
+    qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
+    if model is not None:
+        widget.set_model(model, "tiny random model")
+    widget.batch_spin.setValue(1)          # one bag per event: progressive painting
+    widget.compile_combo.setCurrentIndex(2)  # torch.compile off (tiny model)
+    return widget
+
+
+def _analyse(qtbot, widget, timeout=90000):
+    qtbot.mouseClick(widget.analyze_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=timeout)
+
+
+def _wait_worker(qtbot, get_worker, timeout=30000):
+    qtbot.waitUntil(lambda: get_worker() is None, timeout=timeout)
+
+
+def _names(viewer):
+    return [ly.name for ly in viewer.layers]
+
+
+def _nan_equal(a, b):
+    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and \
+        np.allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_manifest_contributions():
+    from npe2 import PluginManifest
+
+    mf = PluginManifest.from_distribution("napari-mran")
+    widgets = {w.display_name: w.command for w in mf.contributions.widgets}
+    assert widgets == {"Analyze slide": "napari-mran.analyze_widget"}
+    assert [m.command for m in mf.contributions.menus["napari/layers/classify"]] == \
+        ["napari-mran.analyze_widget"]
+    readers = {r.command: r for r in mf.contributions.readers}
+    assert readers["napari-mran.get_results_reader"].filename_patterns == ["*.mran.zarr"]
+    assert readers["napari-mran.get_results_reader"].accepts_directories
+    exts = {ext for w in mf.contributions.writers for ext in w.filename_extensions}
+    assert {".geojson", ".csv", ".ome.tif", ".ome.zarr", ".json"} <= exts
+
+
+def test_slide_picker_greyed_out_then_follows_active_layer(make_napari_viewer, qtbot,
+                                                           tissue_slide, tiny_model):
+    viewer = make_napari_viewer(show=True)
+    w = _widget(viewer, qtbot, tiny_model)
+    assert not w.slide_combo.isEnabled() and not w.analyze_btn.isEnabled()
+    assert w.slide_hint.isVisible() and "Open" in w.slide_hint.text()
+    assert "slide" in w.analyze_btn.toolTip().lower()
+    a = viewer.open(str(tissue_slide), plugin="napari-mran")[0]
+    b = viewer.open(str(sample_slide_path()), plugin="napari-mran")[0]
+    assert w.slide_combo.isEnabled() and w.analyze_btn.isEnabled()
+    assert not w.slide_hint.isVisible()
+    assert w.current_slide_layer() is b  # the active (last opened) slide
+    viewer.layers.selection.active = a
+    assert w.current_slide_layer() is a
+    # the default results folder is beside the slide (writable here)
+    assert w.folder_edit.text() == str(tissue_slide.parent / "mran-results")
+    # model: classes shown; device: what torch found
+    assert "normal, tumour" in w.model_info.text()
+    assert w.device_info.text().startswith("found:")
+    viewer.layers.remove(a)
+    viewer.layers.remove(b)
+    assert not w.analyze_btn.isEnabled() and w.slide_hint.isVisible()
+
+
+def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model, tmp_path):
+    slide_path = _slide_copy(tissue_slide, tmp_path)
+    viewer = make_napari_viewer(show=True)
+    slide_layer = viewer.open(str(slide_path), plugin="napari-mran")[0]
+    w = _widget(viewer, qtbot, tiny_model)
+    assert w.current_slide_layer() is slide_layer
+
+    # record what the viewer holds after every event (progressive painting)
+    seen = []
+
+    def record(event):
+        run = w._run
+        if run is None or not hasattr(event, "stage"):
+            return
+        seen.append((event.stage, event.bags_done, sorted(run.layers),
+                     {lv: r.copy() for lv, r in run.rasters.items()}))
+
+    t0 = time.perf_counter()
+    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
+    assert w.is_running and w.cancel_btn.isEnabled() and not w.analyze_btn.isEnabled()
+    w._run.worker.yielded.connect(record)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=90000)
+    took = time.perf_counter() - t0
+    assert w.last_error is None, w.last_error
+    outcome = w.last_outcome
+    result = outcome.result
+    assert result.n_bags == 4
+    print(f"\nanalysis of 4 bags in the GUI: {took:.1f} s")
+
+    # layers were created when the analysis started and filled bag by bag
+    bag_events = [s for s in seen if s[0] == "bags"]
+    assert len(bag_events) >= 3
+    roles = sorted([L.TISSUE_ROLE, *L.ROLES.values(), L.TOP_ROLE])
+    assert bag_events[0][2] == roles
+    painted = [int(np.isfinite(s[3]["patch"]).sum()) for s in bag_events]
+    assert painted == sorted(painted) and 0 < painted[0] < painted[-1] == 4 * 64
+    # the progressive rasters are exactly the core's local heatmaps
+    assert _nan_equal(bag_events[-1][3]["patch"], result.heatmap("patch", "local").data)
+    assert _nan_equal(bag_events[-1][3]["cell"], result.heatmap("cell", "local").data)
+
+    name = "tissue.svs"
+    assert _names(viewer) == ["tissue.svs", f"{name} tissue bags", f"{name} bag attention",
+                              f"{name} patch attention", f"{name} cell attention",
+                              f"{name} top bags"]
+    layers = {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+
+    # alignment: each bag's heatmap pixels cover the bag's level-0 box in world units
+    for level, k in L.PIXELS_PER_BAG.items():
+        layer = layers[L.ROLES[level]]
+        assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+        for i, (x0, y0, x1, y1) in enumerate(result.boxes):
+            r, c = y0 // BAG * k, x0 // BAG * k
+            got0 = layer.data_to_world([r - 0.5, c - 0.5])
+            got1 = layer.data_to_world([r + k - 0.5, c + k - 0.5])
+            want0 = slide_layer.data_to_world([y0 - 0.5, x0 - 0.5])
+            want1 = slide_layer.data_to_world([y1 - 0.5, x1 - 0.5])
+            assert np.allclose(got0, want0) and np.allclose(got1, want1), (level, i)
+        # the raster's outer edges are the slide's edges (the grid covers this slide)
+        h, w_ = layer.data.shape
+        assert np.allclose(layer.data_to_world([-0.5, -0.5]), [-0.25, -0.25])
+        assert np.allclose(layer.data_to_world([h - 0.5, w_ - 0.5]),
+                           slide_layer.data_to_world([4096 - 0.5, 6144 - 0.5]))
+        assert layer.colormap.name == L.COLORMAPS[level]
+        assert layer.metadata["mran_slide_probs"]["tumour"] == pytest.approx(
+            float(result.slide_probs[1]))
+    patch = layers[L.ROLES["patch"]]
+    b0 = result.boxes[0]
+    r, c = b0[1] // BAG * 8, b0[0] // BAG * 8
+    assert np.allclose(patch.data[r:r + 8, c:c + 8].ravel(), result.patch_attention[0])
+    assert np.isnan(patch.data[0:8, 16:24]).all()  # glass bag (row 0, col 2): transparent
+    assert np.allclose(layers[L.ROLES["bag"]].data[0, 0], result.bag_attention[0])
+
+    # top bags: rectangles with rank and score text, and the ranked list
+    top = layers[L.TOP_ROLE]
+    assert len(top.data) == 4 and list(top.features["rank"]) == [1, 2, 3, 4]
+    assert top.text.values[0].startswith("#1 γ=")
+    assert w.top_table.rowCount() == 4
+    assert w.top_table.item(0, 0).text() == "1"
+    assert "tumour" in w.prediction_label.text() and "normal" in w.prediction_label.text()
+
+    # hover: the status bar text of the active layer holds the scores under the cursor
+    i = int(result.top_bags(1)[0])
+    (wy0, wx0), (wy1, wx1) = L.SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[i])
+    pos = ((wy0 + wy1) / 2, (wx0 + wx1) / 2)
+    status = patch.get_status(pos, view_direction=None, dims_displayed=[0, 1], world=True)
+    on_slide = slide_layer.get_status(pos, view_direction=None, dims_displayed=[0, 1],
+                                      world=True)
+    assert f"bag #{int(result.top_bags(1)[0])}" in on_slide["coordinates"]
+    text = status["coordinates"]
+    assert f"bag #{i}" in text and "patch α" in text and "cell β" in text and "slide:" in text
+    assert f"{result.bag_attention[i]:.3f}" in text
+    assert W.L.hover_text(result, 1.0, 1.0) is not None  # bag 0 holds (1, 1) level-0 px
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = pos
+    viewer.update_status_from_cursor()  # what napari's status thread runs on mouse moves
+    assert f"bag #{i}" in viewer.status["coordinates"]
+
+    # clicking a bag in the list zooms the camera onto it
+    rect = w.top_table.visualItemRect(w.top_table.item(1, 1))
+    qtbot.mouseClick(w.top_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    j = int(result.top_bags(2)[1])
+    (y0, x0), (y1, x1) = L.SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[j])
+    cam = viewer.scene.camera
+    assert np.allclose(cam.center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
+    assert cam.zoom == pytest.approx(0.8 * min(viewer.canvas.size) / (y1 - y0))
+
+    # display controls: global weighting, fixed scale, top X %, opacity
+    w.weight_global.setChecked(True)
+    assert _nan_equal(patch.data, result.heatmap("patch", "global").data)
+    assert patch.metadata["mran_weighting"] == "global"
+    w.scaling_combo.setCurrentIndex(w.scaling_combo.findData("fixed"))
+    assert tuple(patch.contrast_limits) == (0.0, 1.0)
+    w.scaling_combo.setCurrentIndex(w.scaling_combo.findData("percentile"))
+    finite = patch.data[np.isfinite(patch.data)]
+    assert patch.contrast_limits[0] == pytest.approx(np.percentile(finite, 1), rel=1e-4)
+    w.top_percent.setValue(25.0)
+    kept = np.isfinite(patch.data).sum()
+    assert 0 < kept <= 0.3 * 4 * 64
+    w.top_percent.setValue(100.0)
+    assert np.isfinite(patch.data).sum() == 4 * 64
+    w.opacity_slider.setValue(35)
+    assert patch.opacity == pytest.approx(0.35)
+    w.top_k.setValue(2)
+    assert len(layers_by_role(viewer)[L.TOP_ROLE].data) == 2 and w.top_table.rowCount() == 2
+    w.weight_local.setChecked(True)
+
+    # the results store was saved beside the slide (folder writable) and re-opens
+    store = slide_path.parent / "mran-results" / "tissue.mran.zarr"
+    assert outcome.saved == str(store) and is_results_store(store)
+    again = SlideResult.load(store)
+    assert np.allclose(again.patch_attention, result.patch_attention)
+
+    # faithfulness: re-predict from the top bags (napari_mran.faithfulness)
+    if w._env.get("faithfulness") is not None:
+        assert w.faith_btn.isEnabled()
+        w.faith_k.setValue(2)
+        w.faith_m.setValue(8)
+        qtbot.mouseClick(w.faith_btn, Qt.MouseButton.LeftButton)
+        _wait_worker(qtbot, lambda: w._faith_worker, timeout=60000)
+        assert w.faith_label.text().startswith("From the top 2 bags × 8 patches: normal")
+
+    # export through the core exporters; files re-open; no overwrite without asking
+    out = tmp_path / "export"
+    asked = []
+    w.confirm_overwrite = lambda paths: asked.append(list(paths)) or False
+    w.export(out, ["geojson", "csv", "ome_tiff", "ome_zarr", "provenance"])
+    _wait_worker(qtbot, lambda: w._export_worker)
+    assert isinstance(w.last_export, list) and len(w.last_export) == 12, w.last_export
+    gj = json.loads((out / "tissue.bags.geojson").read_text())
+    assert len(gj["features"]) == 4
+    assert len(json.loads((out / "tissue.patches.geojson").read_text())["features"]) == 256
+    rows = (out / "tissue.cells.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 1024
+    tif = tifffile.imread(out / "tissue.patch-attention-local.ome.tif")
+    assert _nan_equal(tif, result.heatmap("patch", "local").data)
+    import zarr
+
+    z = zarr.open_group(str(out / "tissue.cell-attention-local.ome.zarr"), mode="r")
+    assert z["0"].shape == result.heatmap("cell").data.shape
+    prov = json.loads((out / "tissue.provenance.json").read_text())
+    assert prov["provenance"]["slide"]["path"] == str(slide_path)
+    before = (out / "tissue.bags.csv").stat().st_mtime_ns
+    w.export(out, ["csv"])  # all three CSVs exist: asked, refused -> nothing written
+    assert asked and len(asked[-1]) == 3 and w._export_worker is None
+    assert (out / "tissue.bags.csv").stat().st_mtime_ns == before
+    w.confirm_overwrite = lambda paths: True
+    w.export(out, ["csv"])
+    _wait_worker(qtbot, lambda: w._export_worker)
+    assert len(w.last_export) == 3 and (out / "tissue.bags.csv").stat().st_mtime_ns != before
+
+    # npe2 writer: File > Save of the patch layer as GeoJSON; never overwrites
+    viewer.layers.selection.active = patch
+    target = tmp_path / "patch-layer.geojson"
+    viewer.layers.save(str(target), selected=True, plugin="napari-mran")
+    assert len(json.loads(target.read_text())["features"]) == 256
+    with pytest.raises(Exception, match="already exists"):
+        viewer.layers.save(str(target), selected=True, plugin="napari-mran")
+
+
+def layers_by_role(viewer):
+    return {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+
+
+def _slow_reads(monkeypatch, seconds):
+    real = analysis_mod.read_bag
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis_mod, "read_bag", slow)
+
+
+def test_cancel_mid_run_leaves_no_half_layers(make_napari_viewer, qtbot, tissue_slide,
+                                              tiny_model, tmp_path, monkeypatch):
+    _slow_reads(monkeypatch, 0.05)  # slow storage (reliability row 19)
+    viewer = make_napari_viewer(show=True)
+    slide_layer = viewer.open(str(tissue_slide), plugin="napari-mran")[0]
+    w = _widget(viewer, qtbot, tiny_model)
+    w.folder_edit.setText(str(tmp_path / "results"))
+    clicked = {}
+
+    def cancel_after_first_bag(event):  # runs on the main thread, after the widget's slot
+        if "t0" in clicked:
+            clicked["events_after"] += 1
+        if getattr(event, "stage", "") == "bags" and "t0" not in clicked:
+            clicked["events_after"] = 0
+            clicked["layers"] = len(viewer.layers)
+            clicked["bags_done"] = event.bags_done
+            clicked["t0"] = time.perf_counter()
+            qtbot.mouseClick(w.cancel_btn, Qt.MouseButton.LeftButton)
+            clicked["label"] = w.progress_label.text()
+            clicked["cancel_enabled"] = w.cancel_btn.isEnabled()
+
+    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
+    w._run.worker.yielded.connect(cancel_after_first_bag)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
+    assert clicked["layers"] == 6  # slide + the 5 layers of the run
+    assert clicked["bags_done"] < 4
+    assert not clicked["cancel_enabled"] and "Cancelling" in clicked["label"]
+    t0 = clicked["t0"]
+    stop_s = time.perf_counter() - t0
+    print(f"\ncancel took effect in {stop_s:.2f} s (one batch = 1 bag, reads 50 ms)")
+    # the batch being computed finishes, nothing after it: no event reached the viewer
+    # after the click, and it took about one bag's time (~1-1.5 s here, one CPU core)
+    assert clicked["events_after"] == 0
+    assert stop_s < 3.0
+    assert w.last_outcome.cancelled
+    assert _names(viewer) == ["tissue.svs"]  # no half layers
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    assert w.analyze_btn.isEnabled() and not w.cancel_btn.isEnabled()
+    assert "Cancelled" in w.progress_label.text()
+    # the slide stays open and readable; the decode pool is gone
+    assert slide_layer.metadata["mran_slide"].read_region((0, 0), 0, (16, 16)).shape == (16, 16, 3)
+    qtbot.waitUntil(lambda: not [t for t in threading.enumerate()
+                                 if t.name.startswith("mran-bag")], timeout=5000)
+
+
+def test_quit_from_activity_panel_is_a_cancel(make_napari_viewer, qtbot, tissue_slide,
+                                              tiny_model, tmp_path, monkeypatch):
+    """napari's activity panel cancels a task with worker.quit(): same result as Cancel."""
+    _slow_reads(monkeypatch, 0.05)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tissue_slide), plugin="napari-mran")
+    w = _widget(viewer, qtbot, tiny_model)
+    w.folder_edit.setText(str(tmp_path / "results"))
+    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
+    worker = w._run.worker
+    worker.yielded.connect(lambda ev: getattr(ev, "stage", "") == "bags" and worker.quit())
+    qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
+    assert w.last_outcome.cancelled and _names(viewer) == ["tissue.svs"]
+    assert not (tmp_path / "results").exists()
+    qtbot.waitUntil(lambda: not [t for t in threading.enumerate()
+                                 if t.name.startswith("mran-bag")], timeout=10000)
+
+
+def test_cancel_keeps_previous_result(make_napari_viewer, qtbot, tissue_slide, tiny_model,
+                                      tmp_path, monkeypatch):
+    """A second run hides the first result's layers; cancelling it shows them again."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tissue_slide), plugin="napari-mran")
+    w = _widget(viewer, qtbot, tiny_model)
+    w.save_check.setChecked(False)
+    _analyse(qtbot, w)
+    first = list(viewer.layers)
+    assert len(first) == 6
+    state = {}
+
+    def cancel_after_first_bag(event):
+        if getattr(event, "stage", "") == "bags" and not state:
+            state["hidden"] = [ly.visible for ly in first]
+            state["n"] = len(viewer.layers)
+            w.cancel_analysis()
+
+    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
+    w._run.worker.yielded.connect(cancel_after_first_bag)
+    qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
+    assert state["hidden"] == [True] + [False] * 5 and state["n"] == 11
+    assert list(viewer.layers) == first
+    assert [ly.visible for ly in first] == [True, True, False, True, False, True]
+    assert w.last_outcome.saved is None  # saving was switched off
+
+
+def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, tiny_model,
+                                     tmp_path, monkeypatch, record_property):
+    """Reads slowed to 50 ms: while the analysis runs, the Qt event loop is never
+    blocked for more than 250 ms (a QTimer ticking every 10 ms records the gaps)."""
+    _slow_reads(monkeypatch, 0.05)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tissue_slide), plugin="napari-mran")
+    w = _widget(viewer, qtbot, tiny_model)
+    w.folder_edit.setText(str(tmp_path / "results"))
+    qtbot.wait(500)  # let the viewer settle (first draws, pre-warming)
+    ticks = []  # (time, gap since the previous tick) in ms
+    clock, since = QElapsedTimer(), QElapsedTimer()
+    marks = {}
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append((since.elapsed(), clock.restart())))
+    clock.start()
+    since.start()
+    timer.start()
+    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
+    w._run.worker.started.connect(lambda: marks.setdefault("worker", since.elapsed()))
+    qtbot.waitUntil(lambda: not w.is_running, timeout=90000)
+    marks["done"] = since.elapsed()
+    qtbot.wait(300)  # the last repaint
+    timer.stop()
+    assert w.last_error is None and w.last_outcome.result is not None
+    prep = max(g for t, g in ticks[1:] if t <= marks["worker"])
+    run = max(g for t, g in ticks if t > marks["worker"])
+    record_property("max_event_loop_block_ms", run)
+    record_property("max_event_loop_block_preparing_layers_ms", prep)
+    print(f"\nlongest Qt event-loop gap while the analysis ran: {run} ms "
+          f"({marks['done'] - marks['worker']} ms of analysis); while the 5 empty layers were "
+          f"added before it: {prep} ms")
+    assert run < 250
+
+
+def test_analysis_error_becomes_notification(make_napari_viewer, qtbot, tiny_model, tmp_path,
+                                             monkeypatch):
+    glass = np.full((4096, 4096, 3), 243, np.uint8)
+    p = write_svs_pyramid(tmp_path / "glass.svs", glass, downsamples=(1, 4, 16), mpp=0.5)
+    errors = []
+    monkeypatch.setattr(W, "show_error", lambda msg: errors.append(msg))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(p), plugin="napari-mran")
+    w = _widget(viewer, qtbot, tiny_model)
+    _analyse(qtbot, w)
+    assert errors and "no tissue bags found" in errors[0] and "glass.svs" in errors[0]
+    assert _names(viewer) == ["glass.svs"]
+    assert w.progress_label.text().startswith("Failed:")
+    assert w.analyze_btn.isEnabled()
+
+
+def test_model_picker(make_napari_viewer, qtbot, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "_find_faithfulness", lambda: (None, "not in this build"))
+    viewer = make_napari_viewer(show=True)
+    w = _widget(viewer, qtbot)
+    demo = w.model_combo.model().item(0)
+    from napari_mran.model import DEMO_MODEL_PATH
+
+    if DEMO_MODEL_PATH.is_file():
+        assert demo.isEnabled() and "bundled" in w.model_combo.itemText(0)
+    else:
+        assert not demo.isEnabled() and "not bundled" in w.model_combo.itemText(0)
+        assert "checkpoint" in demo.toolTip()
+    good = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    w.open_checkpoint(str(good))
+    qtbot.waitUntil(lambda: w._model is not None, timeout=30000)
+    assert "normal, tumour" in w.model_info.text()
+    assert w.model_combo.currentText() == "tiny.safetensors"
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    errors = []
+    monkeypatch.setattr(W, "show_error", lambda msg: errors.append(msg))
+    w.open_checkpoint(str(bad))
+    qtbot.waitUntil(lambda: "Cannot load" in w.model_info.text(), timeout=30000)
+    assert w._model is None and errors and "broken.safetensors" in errors[0]
+    # the faithfulness control is disabled with the reason when the module is missing
+    assert not w.faith_btn.isEnabled() and w.faith_btn.toolTip() == "not in this build"
+
+
+def test_helpers_without_a_viewer(tmp_path, monkeypatch):
+    from napari_mran._paths import user_cache_dir
+
+    slide = tmp_path / "ro" / "s.svs"
+    slide.parent.mkdir()
+    slide.write_bytes(b"")
+    assert W.default_results_folder(slide) == slide.parent / "mran-results"
+    monkeypatch.setattr(W.os, "access", lambda *a: False)
+    monkeypatch.setenv("NAPARI_MRAN_CACHE", str(tmp_path / "cache"))
+    assert W.default_results_folder(slide) == user_cache_dir() / "results"
+    assert W.slide_stem("/a/b/CMU-1.small.svs") == "CMU-1.small"
+    assert W.slide_stem("x/scan.ome.tiff") == "scan"
+    assert W._fmt_eta(None) == "–" and W._fmt_eta(75) == "1:15" and W._fmt_eta(3700) == "1:01:40"
