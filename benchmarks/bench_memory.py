@@ -1,0 +1,72 @@
+"""Peak memory of analyze_slide against slide size (reliability row 18), one process per size.
+
+    .venv/bin/python benchmarks/bench_memory.py [--sizes 8192,16384,32768]
+
+Each size runs in a fresh process (ru_maxrss is a process-lifetime peak) with the demo
+model; the table goes to docs/performance.md ("Memory against slide size").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CHILD = r"""
+import json, resource, sys, time
+from napari_mran.analysis import predict_slide
+from napari_mran.model import load_model
+path = sys.argv[1]
+model = load_model("demo")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+r = predict_slide(path, model, compile=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"bags": r.n_bags, "seconds": time.perf_counter() - t0,
+                  "rss_before_mib": base / 1024, "rss_peak_mib": peak / 1024}))
+"""
+
+
+def main(argv=None) -> int:
+    from _doc import write_section
+    sys.path.insert(0, str(ROOT))
+    from napari_mran.synthetic import make_slide
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="8192,16384,32768")
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="mran-mem-"))
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        path = tmp / f"s{size}.svs"
+        make_slide(path, size, size, tumour=True, seed=9)
+        out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True,
+                             text=True, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res["size"] = size
+        rows.append(res)
+        path.unlink()
+        print(res)
+    table = ["| slide (level-0 px) | tissue bags | peak RSS (MiB) | RSS before analysis (MiB) | seconds |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['size']} x {r['size']} | {r['bags']} | {r['rss_peak_mib']:.0f} | "
+                     f"{r['rss_before_mib']:.0f} | {r['seconds']:.1f} |")
+    body = ("`benchmarks/bench_memory.py`: demo model, CPU, one fresh process per slide; "
+            "peak resident memory of the whole process (Python, torch, decoded bags in the "
+            "prefetch queue).\n\n" + "\n".join(table))
+    print(body)
+    write_section("performance.md", "Memory against slide size", body)
+    (ROOT / "benchmarks" / "out").mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks" / "out" / "bench_memory.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
