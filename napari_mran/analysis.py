@@ -11,7 +11,6 @@ downstream MIL over all bag embeddings -> SlideResult with provenance.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
@@ -389,7 +388,7 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
                                          patch_probs[idx], beta[idx], cell_probs[idx])
                 else:
                     new = None
-                done = n - len(pending) - (n - next_submit)
+                done = next_submit - len(pending)
                 elapsed = time.perf_counter() - t_bags
                 rate = done / elapsed if elapsed > 0 else 0.0
                 eta = (n - done) / rate if rate > 0 else None
@@ -421,7 +420,7 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             "slide": _slide_provenance(slide),
             "mpp": {"value": slide.mpp, "source": slide.mpp_source},
             "tissue": {"method": tissue_method, "bag_px": bag_px, "bag_um": bag_um,
-                       "parameters": _jsonable(tissue.parameters),
+                       "parameters": tissue.parameters,
                        "n_grid_bags": int(len(tissue.grid_boxes))},
             "reading": {"level": plan.level, "read_px": plan.read_px, "resize": plan.resize,
                         "level_downsample": slide.level_downsamples[plan.level]},
@@ -502,29 +501,12 @@ def _versions(*names: str) -> dict[str, str]:
 
 
 def _slide_provenance(slide) -> dict[str, Any]:
-    import hashlib
+    from .slide import file_fingerprint
 
     info: dict[str, Any] = {"path": os.path.abspath(slide.path), "vendor": slide.vendor,
                             "level0_size": list(slide.dimensions)}
     try:
-        st = os.stat(slide.path)
-        info["bytes"] = st.st_size
-        with open(slide.path, "rb") as fh:
-            info["sha256_first_mb"] = hashlib.sha256(fh.read(2**20)).hexdigest()
+        info["bytes"], info["sha256_first_mb"] = file_fingerprint(slide.path)
     except OSError as exc:
         info["stat_error"] = str(exc)
     return info
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -163,10 +163,7 @@ def _write_exports(result, slide, targets, overwrite: bool) -> None:
     if "provenance" in targets:
         export_provenance(result, targets["provenance"], overwrite=overwrite)
     if "overview" in targets:
-        if targets["overview"].exists() and not overwrite:
-            from .errors import OutputExistsError
-            raise OutputExistsError(f"{targets['overview']}: already exists")
-        write_overview(slide, result, targets["overview"])
+        write_overview(slide, result, targets["overview"], overwrite=overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -204,11 +204,11 @@ def store_names(slides: Sequence[str]) -> list[str]:
 
 def slide_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """``{"name", "bytes", "sha256_first_mb"}`` of a slide file (what analysis records)."""
+    from .slide import file_fingerprint
+
     path = os.fspath(path)
     try:
-        size = os.stat(path).st_size
-        with open(path, "rb") as fh:
-            head = hashlib.sha256(fh.read(2**20)).hexdigest()
+        size, head = file_fingerprint(path)
     except OSError as exc:
         return {"name": os.path.basename(path), "bytes": None, "sha256_first_mb": None,
                 "error": _os_reason(exc)}

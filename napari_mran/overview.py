@@ -13,8 +13,13 @@ import numpy as np
 
 
 def write_overview(slide, result, path: str | os.PathLike, *, weighting: str = "global",
-                   thumb_px: int = 768) -> Path:
-    """Write ``path`` (PNG): thumbnail, bag, patch and cell attention over the slide."""
+                   thumb_px: int = 768, overwrite: bool = False) -> Path:
+    """Write ``path`` (PNG): thumbnail, bag, patch and cell attention over the slide.
+
+    Atomic, and refuses to replace an existing file unless ``overwrite`` (OutputExistsError).
+    """
+    from ._atomic import atomic_path
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,8 +58,6 @@ def write_overview(slide, result, path: str | os.PathLike, *, weighting: str = "
     if note:
         fig.suptitle(note, fontsize=9, color="#a00")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

@@ -22,6 +22,16 @@ MAX_REGION_BYTES = 1024 * 2**20
 DISPLAY_MIN_SIDE = 1024
 
 
+def file_fingerprint(path: str | os.PathLike) -> tuple[int, str]:
+    """(size in bytes, sha256 of the first MiB) of a slide file: cheap identity for
+    provenance, caches and "is this the same slide" checks. Raises OSError."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        return size, hashlib.sha256(fh.read(2**20)).hexdigest()
+
+
 def open_slide(path: str | os.PathLike, *, mpp: float | tuple[float, float] | None = None,
                backend: str = "auto") -> "Slide":
     """Open a whole-slide image lazily (nothing but metadata is decoded).

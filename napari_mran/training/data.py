@@ -15,7 +15,7 @@ import numpy as np
 
 from ..analysis import find_tissue_bags, plan_reads, read_bag
 from ..errors import AnalysisError
-from ..slide import open_slide
+from ..slide import file_fingerprint, open_slide
 from .splits import LabelledSlide
 
 
@@ -29,11 +29,8 @@ class SlideBags:
 
 
 def _fingerprint(path: str) -> str:
-    st = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(2**20))
-    return f"{st.st_size}:{h.hexdigest()}"
+    size, head = file_fingerprint(path)
+    return f"{size}:{head}"
 
 
 def slide_bags(item: LabelledSlide, slides_dir: Path, cache_dir: Path, *, bag_px: int,
@@ -61,10 +58,10 @@ def slide_bags(item: LabelledSlide, slides_dir: Path, cache_dir: Path, *, bag_px
 
 
 class BagReader:
-    """Reads bags (1024 px model inputs) of many slides from a thread pool, in order."""
+    """Reads bags (1024 px model inputs) of many slides from a thread pool, in order;
+    each slide is opened on first use and kept open until :meth:`close`."""
 
-    def __init__(self, slides: list[SlideBags], *, bag_px: int, input_px: int, workers: int = 4):
-        self._paths = {s.path for s in slides}
+    def __init__(self, *, bag_px: int, input_px: int, workers: int = 4):
         self._open: dict[str, object] = {}
         self.bag_px, self.input_px = bag_px, input_px
         self.workers = workers

@@ -178,7 +178,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                           f"{', '.join(empty)} (per-class slide counts {counts}); add slides, "
                           "change the split, or check the tissue method")
     class_w = class_weights_from_counts(counts).to(dev)
-    reader = BagReader(train_slides + bags["val"], bag_px=cfg.bag_px,
+    reader = BagReader(bag_px=cfg.bag_px,
                        input_px=model_cfg.input_px, workers=cfg.workers)
 
     opt_up = torch.optim.Adam(model.upstream.parameters(), lr=cfg.lr)
