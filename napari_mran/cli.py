@@ -132,7 +132,8 @@ def _cmd_analyze(args) -> int:
 
             result = _drain(analyze_slide(slide, model, bag_um=args.bag_um,
                                           tissue_method=args.tissue_method,
-                                          batch_size=args.batch_size, device=args.device), show)
+                                          batch_size=args.batch_size, device=args.device,
+                                          amp=args.amp), show)
             result.save(targets["store"], overwrite=args.overwrite)
             _write_exports(result, slide, targets, args.overwrite)
             if result.degraded:
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--tissue-method", choices=["reference", "otsu"], default="reference")
     an.add_argument("--batch-size", default="auto")
     an.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    an.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                    help="reduced precision: auto = bf16/fp16 autocast on CUDA only")
     an.add_argument("--mpp", type=float, default=None, help="override µm/px of level 0")
     an.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
     an.add_argument("--quiet", action="store_true")

@@ -233,3 +233,40 @@ def test_compile_failure_falls_back_to_eager(tissue_slide, tiny_model, monkeypat
     assert got.provenance["inference"]["compile"] == "failed (RuntimeError); eager"
     assert ref.provenance["inference"]["compile"] == "no"
     assert np.allclose(got.cell_attention, ref.cell_attention, atol=1e-6)
+
+
+def test_reduced_precision_path_matches_float32(tissue_slide):
+    """The autocast path a GPU takes (bf16 / fp16), run on the CPU with ``amp=`` forced:
+    outputs come back as float32 numpy, and the trained demo model's attention and
+    predictions stay close to float32 (bf16 keeps 8 bits of mantissa)."""
+    from napari_mran import load_model
+    from napari_mran.analysis import amp_policy
+
+    model = load_model("demo")
+    assert amp_policy("auto", torch.device("cpu")) == (False, torch.float32)
+    assert amp_policy("off", torch.device("cuda")) == (False, torch.float32)
+    assert amp_policy("fp16", torch.device("cpu")) == (True, torch.float16)
+    with pytest.raises(ValueError, match="amp"):
+        amp_policy("int8", torch.device("cpu"))
+    with open_slide(tissue_slide) as slide:
+        ref = predict_slide(slide, model, batch_size=2, compile=False)
+        got = predict_slide(slide, model, batch_size=2, compile=False, amp="bf16")
+    assert ref.provenance["inference"]["amp"] == "off"
+    assert got.provenance["inference"]["amp"] == "torch.bfloat16"
+    for name in ("bag_attention", "patch_attention", "cell_attention", "patch_probs",
+                 "slide_probs"):
+        a, b = getattr(ref, name), getattr(got, name)
+        assert b.dtype == np.float32 and np.isfinite(b).all(), name
+        assert np.allclose(a.sum(-1), b.sum(-1), atol=1e-3), name  # still distributions
+    assert np.abs(got.slide_probs - ref.slide_probs).max() < 0.05
+    assert np.abs(got.bag_attention - ref.bag_attention).max() < 0.05
+    for name in ("patch_attention", "cell_attention"):
+        a = getattr(ref, name).ravel()
+        b = getattr(got, name).ravel()
+        assert np.corrcoef(a, b)[0, 1] > 0.98, name
+    # the ranking a pathologist reads: the most-attended patch of each bag is kept
+    # (or one within bf16 rounding of it)
+    top = ref.patch_attention.argmax(1)
+    rows = np.arange(len(top))
+    assert (ref.patch_attention.max(1) - ref.patch_attention[rows, got.patch_attention.argmax(1)]
+            < 0.02).all()

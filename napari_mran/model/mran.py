@@ -12,6 +12,7 @@ size of the downstream branch (32), ``C`` classes and ``N`` bags of one slide.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -277,6 +278,14 @@ def attention_from_norms(
     return normalise_weights(weights)
 
 
+def _float32_heads(t: torch.Tensor):
+    """A context that switches autocast off for *t*'s device when it is on (else a no-op)."""
+    kind = t.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 class UpstreamBranch(nn.Module):
     """Bag -> patches -> cells: ResNet trunk, cell and patch attention, shared classifier.
 
@@ -320,14 +329,21 @@ class UpstreamBranch(nn.Module):
         # cell index c = row * cell_grid + col: flatten(2) is row-major over the map
         cells = features.flatten(2).transpose(1, 2).reshape(n, n_patches, n_cells, dim)  # (n, P, K, E)
 
-        beta = attention_from_norms(torch.linalg.vector_norm(cells, dim=-1), threshold)  # (n, P, K)
-        patch_emb = (beta.unsqueeze(-1) * cells).sum(dim=-2)  # (n, P, E)
-        cell_logits = self.classifier(cells)  # (n, P, K, C)
-        patch_logits = self.classifier(patch_emb)  # (n, P, C)
+        # Under autocast (bf16/fp16 on a GPU) only the trunk runs in reduced precision:
+        # the norms, attention and classifier heads (a tiny share of the work) run in
+        # float32, so alpha and beta stay exact distributions and rankings are kept.
+        with _float32_heads(cells):
+            if cells.dtype in (torch.float16, torch.bfloat16):
+                cells = cells.float()
+            beta = attention_from_norms(torch.linalg.vector_norm(cells, dim=-1), threshold)  # (n, P, K)
+            patch_emb = (beta.unsqueeze(-1) * cells).sum(dim=-2)  # (n, P, E)
+            cell_logits = self.classifier(cells)  # (n, P, K, C)
+            patch_logits = self.classifier(patch_emb)  # (n, P, C)
 
-        alpha = attention_from_norms(torch.linalg.vector_norm(patch_logits, dim=-1), threshold, top_k_patches)
-        embedding = (alpha.unsqueeze(-1) * patch_emb).sum(dim=-2)  # (n, E)
-        bag_logits = self.classifier(embedding)  # (n, C)
+            alpha = attention_from_norms(torch.linalg.vector_norm(patch_logits, dim=-1), threshold,
+                                         top_k_patches)
+            embedding = (alpha.unsqueeze(-1) * patch_emb).sum(dim=-2)  # (n, E)
+            bag_logits = self.classifier(embedding)  # (n, C)
         return BagOutput(bag_logits, embedding, alpha, patch_logits, beta, cell_logits)
 
 
