@@ -61,14 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image, ImageDraw, ImageFont
     from qtpy.QtWidgets import QApplication
 
-    # Mesa (llvmpipe/softpipe) crashes in a later draw after GL programs are deleted
-    # (docs/gui.md, "Known problems"); this script never needs them deleted.
-    from vispy.gloo import glir
-
     from napari_mran._napari import layers as L
     from napari_mran._napari.sample_data import sample_slide_path
 
-    glir.GlirProgram.delete = lambda self: None
+    # the plugin's guard against the Mesa software-GL crash (docs/gui.md, Known problems)
+    from napari_mran._napari._widget_gl import install as install_gl_guard
+
+    install_gl_guard()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

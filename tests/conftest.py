@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datafiles import shared
+
+# napari's settings (the reader preferences that plugin activation adds included) go to a
+# throw-away file, never the user's: napari reads NAPARI_CONFIG when its settings module
+# is first imported, which is after this root conftest.
+if not os.environ.get("NAPARI_CONFIG"):
+    os.environ["NAPARI_CONFIG"] = os.path.join(
+        tempfile.mkdtemp(prefix="napari-mran-tests-"), "settings.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -319,6 +319,61 @@ def _prewarm_layer_types() -> None:
            features={"rank": [1]}, text={"string": "#{rank}"})
 
 
+#: Characters whose glyphs napari's text rendering builds on first use (~6 ms each on
+#: a 2-core CPU): vispy's line-metrics probe ("ÅÉÑŐjgpqy") and the top-bag labels.
+_PREWARM_GLYPHS = "ÅÉÑŐjgpqy #0123456789.=γ"
+
+
+def _glyph_prewarm_steps(viewer) -> list:
+    """Callables that build, one character each, the text glyphs the first draw of a
+    Points/Shapes layer needs, so that it does not cost ~0.15 s when an analysis adds its
+    layers.  Uses napari's canvas font (private API): best effort, nothing if it moved."""
+    try:
+        info = viewer.window._qt_viewer.canvas.font_info
+        info = info() if callable(info) else info  # (a method in napari 0.9)
+        font = info.font_manager.get_font(info.face)
+    except Exception:  # noqa: BLE001 - napari internals changed: skip the pre-warming
+        return []
+
+    def load(char):
+        try:
+            font[char]
+        except Exception:  # noqa: BLE001
+            pass
+    return [lambda c=c: load(c) for c in _PREWARM_GLYPHS]
+
+
+class _GcPause:
+    """Objects alive when an analysis starts are moved out of the garbage collector's
+    reach (``gc.freeze``) until it ends (``gc.unfreeze``).
+
+    With napari and torch loaded a full collection walks millions of objects: 0.2-0.3 s
+    with the event loop blocked, at a moment the analysis' allocations choose.  Frozen,
+    full collections during the run only walk what the run created.  Nested runs (one
+    per widget) are counted; nothing stays frozen after the last one ends.
+    """
+
+    depth = 0
+
+    @classmethod
+    def enter(cls) -> None:
+        import gc
+
+        if cls.depth == 0:
+            gc.freeze()
+        cls.depth += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        import gc
+
+        if cls.depth <= 0:
+            return
+        cls.depth -= 1
+        if cls.depth == 0:
+            gc.unfreeze()
+
+
 def _ask_overwrite(parent, paths: list[str]) -> bool:
     shown = "\n".join(paths[:8]) + ("\n…" if len(paths) > 8 else "")
     answer = QMessageBox.question(
@@ -353,6 +408,7 @@ class _Run:
     bags_done: int = 0
     dirty: bool = False
     state: str = "running"                     # running / cancelling / ending / over
+    gc_paused: bool = False                    # holds a _GcPause until the run ends
 
 
 @dataclass
@@ -410,9 +466,13 @@ class AnalyzeSlideWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(self._cancel_silently)
 
+        from ._widget_gl import install as install_gl_guard
+
+        install_gl_guard()  # (also done on plugin activation; idempotent)
         self._refresh_slides()
         self._adopt_existing_results()
         QTimer.singleShot(0, _prewarm_layer_types)
+        self._in_turns(_glyph_prewarm_steps(self.viewer))
         self._probe_worker = create_worker(probe_environment, _ignore_errors=True)
         self._probe_worker.returned.connect(self._on_probe)
         self._probe_worker.start()
@@ -981,6 +1041,8 @@ class AnalyzeSlideWidget(QWidget):
                    frame=L.SlideFrame.from_layer(slide_layer), model=self._model,
                    t_start=time.perf_counter(), options=options)
         self._run = run
+        _GcPause.enter()
+        run.gc_paused = True
         self.last_outcome = None
         self.last_error = None
         worker.yielded.connect(lambda ev, run=run: self._on_event(run, ev))
@@ -1042,9 +1104,12 @@ class AnalyzeSlideWidget(QWidget):
                 {**meta, L.META_ROLE: L.ROLES[level], "mran_weighting": "local"},
                 scaling=scaling, opacity=self.opacity_slider.value() / 100.0,
                 visible=(level == "patch"))))
-        out.append((L.TOP_ROLE, L.empty_top_bags_data(
-            run.frame, run.bag_px, f"{run.slide_name} {L.TOP_ROLE}",
-            {**meta, L.META_ROLE: L.TOP_ROLE})))
+        top = L.empty_top_bags_data(run.frame, run.bag_px, f"{run.slide_name} {L.TOP_ROLE}",
+                                    {**meta, L.META_ROLE: L.TOP_ROLE})
+        # hidden (and so not drawn) while it is empty: the first draw of a Shapes layer
+        # costs ~0.15 s here, better spent when the result is in
+        top[1]["visible"] = False
+        out.append((L.TOP_ROLE, top))
         return out
 
     def _add_run_layer(self, run: _Run, role: str, tup: tuple) -> None:
@@ -1070,9 +1135,16 @@ class AnalyzeSlideWidget(QWidget):
         the interpreter at exit)."""
         if self._run is not None:
             self._run.cancel.set()
+            self._release_gc(self._run)
         from qtpy.QtCore import QThreadPool
 
         QThreadPool.globalInstance().waitForDone(30_000)
+
+    @staticmethod
+    def _release_gc(run: _Run) -> None:
+        if run.gc_paused:
+            run.gc_paused = False
+            _GcPause.leave()
 
     @property
     def is_running(self) -> bool:
@@ -1166,7 +1238,9 @@ class AnalyzeSlideWidget(QWidget):
             elif then is not None:
                 then()
 
-        QTimer.singleShot(0, next_step)
+        # (the first step also waits one gap: the click or event that asked for the
+        # steps is finished and drawn first, not run in the same turn)
+        QTimer.singleShot(STEP_GAP_MS, next_step)
 
     def _repaint(self) -> None:
         run = self._run
@@ -1211,6 +1285,7 @@ class AnalyzeSlideWidget(QWidget):
     def _end_run(self, run: _Run) -> None:
         self._repaint_timer.stop()
         run.state = "over"
+        self._release_gc(run)
         pbar, run.pbar = run.pbar, None
         if pbar is not None:
             pbar.close()
@@ -1318,6 +1393,11 @@ class AnalyzeSlideWidget(QWidget):
                 _set_top_bags(layer, data, kw, show_text=False)
             L.install_hover(layer, run.frame)
 
+        def show_top_bags():
+            layer = run.layers.get(L.TOP_ROLE)
+            if layer is not None:
+                layer.visible = True
+
         def show_top_labels():
             layer = run.layers.get(L.TOP_ROLE)
             if layer is not None:
@@ -1336,7 +1416,8 @@ class AnalyzeSlideWidget(QWidget):
             if patch is not None:
                 self.viewer.layers.selection.active = patch
 
-        return [*(lambda r=r: update(r) for r in order if r in by_role), show_top_labels,
+        return [*(lambda r=r: update(r) for r in order if r in by_role), show_top_bags,
+                show_top_labels,
                 replace_previous, show]
 
     def _on_errored(self, run: _Run, exc: Exception) -> None:

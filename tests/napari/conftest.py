@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _software_gl_guard():
+    """The plugin's own guard against the Mesa software-GL crash when layers are removed
+    (napari_mran/_napari/_widget_gl.py); plugin activation installs it too, but a test
+    may remove layers before any napari-mran command has run."""
+    try:
+        from napari_mran._napari._widget_gl import install
+    except Exception:  # noqa: BLE001 - no vispy: the GUI tests are skipped anyway
+        return
+    install()

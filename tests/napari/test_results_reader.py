@@ -23,14 +23,6 @@ BAG = 1024
 BAGS = [(0, 0), (0, 1), (1, 1), (1, 2), (0, 3)]  # (row, col) on a 2 x 4 grid
 
 
-@pytest.fixture(autouse=True)
-def _keep_gl_programs(monkeypatch):
-    """See tests/napari/test_widget.py: a Mesa crash when layers are removed."""
-    from vispy.gloo import glir
-
-    monkeypatch.setattr(glir.GlirProgram, "delete", lambda self: None)
-
-
 @pytest.fixture(scope="module")
 def slide_path(tmp_path_factory):
     """4096 x 2048 px, MPP 0.5 (real H&E tiles from the bundled sample)."""
