@@ -119,9 +119,7 @@ def _cmd_analyze(args) -> int:
             if existing and not args.overwrite:
                 raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
                                         "choose another --out)")
-            out.mkdir(parents=True, exist_ok=True)
-            if not os.access(out, os.W_OK):
-                raise ResultsError(f"{out}: the output folder is not writable")
+            _make_out_dir(out)
 
             def show(ev):
                 if ev.stage == "bags":
@@ -146,6 +144,22 @@ def _cmd_analyze(args) -> int:
     return status
 
 
+def _make_out_dir(out: Path) -> None:
+    """Create the output folder (and parents); a clear ResultsError when it cannot be
+    made or written."""
+    import os
+
+    from .errors import ResultsError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"{out}: cannot create the output folder "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    if not os.access(out, os.W_OK):
+        raise ResultsError(f"{out}: the output folder is not writable")
+
+
 def _write_exports(result, slide, targets, overwrite: bool) -> None:
     from .export import (export_csv, export_geojson, export_ome_tiff, export_ome_zarr,
                          export_provenance)
@@ -165,6 +179,67 @@ def _write_exports(result, slide, targets, overwrite: bool) -> None:
         export_provenance(result, targets["provenance"], overwrite=overwrite)
     if "overview" in targets:
         write_overview(slide, result, targets["overview"], overwrite=overwrite)
+
+
+def _cmd_export(args) -> int:
+    """Exports of a saved results store: planned first, refused before writing anything
+    if a file exists (unless --overwrite), then written one by one, atomically."""
+    import os
+
+    from .errors import OutputExistsError, ResultsError
+    from .export.plan import export_plan, normalise_kind, write_export
+    from .results import SlideResult
+
+    kinds = [k.strip().lower() for k in args.format.split(",") if k.strip()]
+    kinds = [k if k == "overview" else normalise_kind(k) for k in kinds]
+    if not kinds:
+        raise ResultsError("--format: name at least one of geojson, csv, ome-tiff, "
+                           "ome-zarr, provenance, overview")
+    store = Path(args.result)
+    result = SlideResult.load(store)
+    out = Path(args.out) if args.out else store.resolve().parent
+    levels = args.level.split(",") if args.level else None
+    plan = export_plan(result, out, [k for k in kinds if k != "overview"],
+                       weighting=args.weighting, levels=levels)
+    overview = None
+    if "overview" in kinds:
+        from .export.plan import file_stem
+
+        overview = out / f"{file_stem(result.slide_name or 'slide')}.overview.png"
+    targets = [job.path for job in plan] + ([overview] if overview else [])
+    existing = [str(p) for p in targets if os.path.lexists(p)]
+    if existing and not args.overwrite:
+        raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
+                                "choose another --out)")
+    slide = None
+    if overview is not None:  # needs the slide: open it before writing anything
+        from .slide import open_slide
+
+        slide_path = (result.provenance.get("slide") or {}).get("path")
+        if not slide_path or not os.path.exists(slide_path):
+            raise ResultsError(f"{store}: the overview needs the slide, and "
+                               f"{slide_path or 'its path'} is not there")
+        slide = open_slide(slide_path)
+        if tuple(slide.dimensions) != tuple(result.slide_size):
+            raise ResultsError(f"{slide_path}: {slide.dimensions[0]} x {slide.dimensions[1]} px,"
+                               f" but {store} was computed on {result.slide_size[0]} x "
+                               f"{result.slide_size[1]} px")
+    _make_out_dir(out)
+    written = []
+    try:
+        for job in plan:
+            written.append(str(write_export(result, job, overwrite=args.overwrite)))
+        if overview is not None:
+            from .overview import write_overview
+
+            written.append(str(write_overview(slide, result, overview,
+                                              weighting=args.weighting,
+                                              overwrite=args.overwrite)))
+    finally:
+        if slide is not None:
+            slide.close()
+    print(json.dumps({"result": str(store), "written": written}, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
     an.add_argument("--quiet", action="store_true")
     an.set_defaults(func=_cmd_analyze)
+
+    ex = sub.add_parser("export", help="write exports of a results store (.mran.zarr)")
+    ex.add_argument("result", help="a .mran.zarr results store")
+    ex.add_argument("--format", required=True,
+                    help="comma-separated: geojson, csv, ome-tiff, ome-zarr, provenance, overview")
+    ex.add_argument("--out", default=None, help="output folder (default: the store's folder)")
+    ex.add_argument("--level", default=None,
+                    help="comma-separated subset of bag,patch,cell (default: per format, "
+                         "docs/cli.md)")
+    ex.add_argument("--weighting", choices=["local", "global"], default="local",
+                    help="attention of the heatmaps and GeoJSON scores: local (alpha, beta) "
+                         "or global (gamma*alpha, gamma*alpha*beta)")
+    ex.add_argument("--overwrite", action="store_true", help="replace existing files")
+    ex.set_defaults(func=_cmd_export)
 
     tr = sub.add_parser("train", help="train MRAN on labelled slides (two-branch scheme)")
     tr.add_argument("--slides", required=True, help="folder holding the slides")

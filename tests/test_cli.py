@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,3 +112,127 @@ def test_sigint_stops_and_writes_nothing(tmp_path, two_bag_slide, model_file):
     assert proc.returncode == 130, err
     assert time.perf_counter() - t0 < 20
     assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith("."))
+
+
+def _strict(path):
+    def bad(constant):
+        raise AssertionError(f"{path}: non-strict JSON constant {constant}")
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=bad)
+
+
+def _inside(coords, w, h):
+    """Every vertex of a (Multi)Polygon ring list lies inside the w x h slide."""
+    pts = np.asarray([p for ring in coords for p in ring], float)
+    return (pts[:, 0] >= 0).all() and (pts[:, 0] <= w).all() and \
+        (pts[:, 1] >= 0).all() and (pts[:, 1] <= h).all()
+
+
+def test_cmu1_analyze_then_export_every_format(tmp_path, capsys, cmu_small, model_file):
+    """Issue 3's done-criterion, literally: `napari-mran analyze` on the real
+    CMU-1-Small-Region.svs with a random-init checkpoint writes the store and every
+    export; `napari-mran export` then writes each format of each level from the store;
+    everything is re-opened (strict JSON, tifffile, zarr) and lines up with the slide."""
+    import zarr
+
+    w, h = 2220, 2967
+    out = tmp_path / "out"
+    rc = main(["analyze", str(cmu_small), "--model", str(model_file), "--out", str(out),
+               "--export", "geojson,csv,ome-tiff,ome-zarr,provenance,overview", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    store = out / "CMU-1-Small-Region.mran.zarr"
+    assert report["outputs"]["store"] == str(store)
+    for kind, path in report["outputs"].items():
+        assert (out / path).exists(), kind
+    result = SlideResult.load(store)
+    assert result.slide_size == (w, h) and result.n_bags >= 1
+
+    ex = tmp_path / "ex"
+    rc = main(["export", str(store), "--format", "geojson,csv,ome-tiff,ome-zarr,provenance",
+               "--level", "bag,patch,cell", "--weighting", "global", "--out", str(ex)])
+    assert rc == 0, capsys.readouterr().err
+    written = json.loads(capsys.readouterr().out)["written"]
+    stem = "CMU-1-Small-Region"
+    expect = {f"{stem}.{p}.geojson" for p in ("bags", "patches", "cells")} | \
+        {f"{stem}.{p}.csv" for p in ("bags", "patches", "cells")} | \
+        {f"{stem}.bag-attention-local.ome.tif", f"{stem}.bag-attention-local.ome.zarr"} | \
+        {f"{stem}.{lv}-attention-global.{e}" for lv in ("patch", "cell")
+         for e in ("ome.tif", "ome.zarr")} | {f"{stem}.provenance.json"}
+    assert {os.path.basename(p) for p in written} == expect
+    assert sorted(p.name for p in ex.iterdir()) == sorted(expect)
+
+    n = result.n_bags
+    for level, per_bag in (("bags", 1), ("patches", 64), ("cells", 1024)):
+        gj = _strict(ex / f"{stem}.{level}.geojson")
+        assert gj["type"] == "FeatureCollection" and len(gj["features"]) == n * per_bag
+        for f in gj["features"]:
+            assert _inside(f["geometry"]["coordinates"], w, h)
+            assert np.isfinite(f["properties"]["measurements"]["score"])
+        rows = (ex / f"{stem}.{level}.csv").read_text().strip().splitlines()
+        assert len(rows) == 1 + n * per_bag
+    for level, px in (("bag", 2048), ("patch", 256), ("cell", 64)):
+        lw = "local" if level == "bag" else "global"
+        heat = result.heatmap(level, lw)
+        with tifffile.TiffFile(ex / f"{stem}.{level}-attention-{lw}.ome.tif") as tif:
+            assert tif.is_ome
+            data = tif.series[0].asarray()
+            ome = tif.ome_metadata
+        np.testing.assert_array_equal(data, heat.data)
+        assert f'PhysicalSizeX="{px * 0.499:g}"' in ome or f'PhysicalSizeX="{px * 0.499}"' in ome
+        group = zarr.open_group(str(ex / f"{stem}.{level}-attention-{lw}.ome.zarr"), mode="r",
+                                zarr_format=2)
+        ms = group.attrs["multiscales"][0]
+        np.testing.assert_array_equal(group[ms["datasets"][0]["path"]][...], heat.data)
+    prov = _strict(ex / f"{stem}.provenance.json")
+    assert prov["provenance"]["slide"]["path"] == str(cmu_small)
+
+
+def test_export_refuses_existing_and_bad_input(tmp_path, capsys, two_bag_slide, model_file):
+    out = tmp_path / "out"
+    assert main(["analyze", str(two_bag_slide), "--model", str(model_file), "--out", str(out),
+                 "--export", "", "--quiet"]) == 0
+    capsys.readouterr()
+    store = out / "two=bags.mran.zarr"
+    assert main(["export", str(store), "--format", "csv,overview"]) == 0  # beside the store
+    written = json.loads(capsys.readouterr().out)["written"]
+    assert [os.path.basename(p) for p in written] == [
+        "two=bags.bags.csv", "two=bags.patches.csv", "two=bags.cells.csv",
+        "two=bags.overview.png"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # one existing file: refused before anything is written, nothing changed
+    assert main(["export", str(store), "--format", "geojson,csv"]) == 2
+    err = capsys.readouterr().err
+    assert "two=bags.bags.csv" in err and "already exists" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main(["export", str(store), "--format", "csv", "--level", "bag",
+                 "--overwrite"]) == 0
+    capsys.readouterr()
+    # bad input: clear errors naming the file or the option, exit 2
+    assert main(["export", str(store), "--format", "pdf"]) == 2
+    assert "unknown export format 'pdf'" in capsys.readouterr().err
+    assert main(["export", str(store), "--format", "csv", "--level", "tile"]) == 2
+    assert "unknown level" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.mran.zarr"), "--format", "csv"]) == 2
+    assert "none.mran.zarr" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert main(["export", str(store), "--format", "provenance", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert str(a_file) in err and "cannot create the output folder" in err
+    assert a_file.read_text() == "mine"
+    # the overview needs the slide: gone -> a clear error, nothing written
+    moved = tmp_path / "moved.svs"
+    two_copy = tmp_path / "copy"
+    shutil.copytree(store, two_copy / store.name)
+    r = SlideResult.load(two_copy / store.name)
+    assert r.provenance["slide"]["path"] == str(two_bag_slide)
+    slide_bytes = two_bag_slide.read_bytes()
+    two_bag_slide.rename(moved)
+    try:
+        assert main(["export", str(two_copy / store.name), "--format", "csv,overview"]) == 2
+        err = capsys.readouterr().err
+        assert "overview needs the slide" in err and str(two_bag_slide) in err
+        assert sorted(p.name for p in two_copy.iterdir()) == [store.name]
+    finally:
+        moved.rename(two_bag_slide)
+    assert two_bag_slide.read_bytes() == slide_bytes

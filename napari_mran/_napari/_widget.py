@@ -96,11 +96,9 @@ def default_results_folder(slide_path: str | os.PathLike) -> Path:
 
 def slide_stem(path: str | os.PathLike) -> str:
     """File name without its extension (``.ome.tif(f)`` counts as one)."""
-    name = os.path.basename(os.fspath(path).rstrip("/\\"))
-    for ext in (".ome.tiff", ".ome.tif", STORE_SUFFIX):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] or name
-    return os.path.splitext(name)[0] or name
+    from ..export.plan import file_stem
+
+    return file_stem(path)
 
 
 def save_result_unique(result, folder: Path, stem: str) -> Path:
@@ -232,15 +230,11 @@ def load_model_job(spec: str):
 
 def export_job(result, jobs: list[tuple[str, str, dict, bool]]) -> list[str]:
     """Worker thread: run the exporters; ``jobs`` = (kind, path, options, overwrite)."""
-    from .. import export
+    from ..export.plan import ExportJob, write_export
 
-    funcs = {"geojson": export.export_geojson, "csv": export.export_csv,
-             "ome_tiff": export.export_ome_tiff, "ome_zarr": export.export_ome_zarr,
-             "provenance": export.export_provenance}
-    written = []
-    for kind, path, opts, overwrite in jobs:
-        written.append(os.fspath(funcs[kind](result, path, overwrite=overwrite, **opts)))
-    return written
+    return [os.fspath(write_export(result, ExportJob(kind, Path(path), opts),
+                                   overwrite=overwrite))
+            for kind, path, opts, overwrite in jobs]
 
 
 def model_summary(model) -> tuple[str, str]:
@@ -1697,32 +1691,14 @@ class AnalyzeSlideWidget(QWidget):
         return str(default_results_folder(path or os.getcwd()))
 
     def export_plan(self, folder: str | os.PathLike, kinds: list[str]) -> list[tuple]:
-        """(kind, path, options) of every file the chosen export kinds write."""
-        shown = self._shown
-        result = shown.result
-        stem = slide_stem(result.slide_name or "slide")
-        w = self._weighting()
-        folder = Path(folder)
-        plan = []
-        plural = {"bag": "bags", "patch": "patches", "cell": "cells"}
-        for kind in kinds:
-            if kind == "geojson":
-                for level in ("bag", "patch"):
-                    plan.append(("geojson", folder / f"{stem}.{plural[level]}.geojson",
-                                 {"level": level, "weighting": w}))
-            elif kind == "csv":
-                for level in ("bag", "patch", "cell"):
-                    plan.append(("csv", folder / f"{stem}.{plural[level]}.csv",
-                                 {"level": level}))
-            elif kind in ("ome_tiff", "ome_zarr"):
-                ext = ".ome.tif" if kind == "ome_tiff" else ".ome.zarr"
-                for level in L.LEVELS:
-                    lw = "local" if level == "bag" else w
-                    plan.append((kind, folder / f"{stem}.{level}-attention-{lw}{ext}",
-                                 {"level": level, "weighting": lw}))
-            elif kind == "provenance":
-                plan.append(("provenance", folder / f"{stem}.provenance.json", {}))
-        return plan
+        """(kind, path, options) of every file the chosen export kinds write
+        (:func:`napari_mran.export.export_plan`, with the weighting shown)."""
+        from ..export.plan import export_plan
+
+        result = self._shown.result
+        return [(job.kind, job.path, job.options)
+                for job in export_plan(result, folder, kinds, weighting=self._weighting(),
+                                       stem=slide_stem(result.slide_name or "slide"))]
 
     def export(self, folder: str | os.PathLike, kinds: list[str], *,
                wait: bool = False) -> Any:

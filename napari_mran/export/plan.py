@@ -1,0 +1,114 @@
+"""Which files an export of a result writes, and writing them.
+
+One plan serves ``napari-mran export``, and the napari panel's *Export…* button, so
+both name and fill the files the same way:
+
+=============  ===============================================  =====================
+kind           file(s) (``<stem>`` = slide file name, no ext.)  levels (default)
+=============  ===============================================  =====================
+geojson        ``<stem>.bags.geojson``, ``.patches.geojson``,   bag, patch (cell:
+               ``.cells.geojson``                               top 64 bags only)
+csv            ``<stem>.bags.csv``, ``.patches.csv``,           bag, patch, cell
+               ``.cells.csv``
+ome_tiff       ``<stem>.<level>-attention-<weighting>.ome.tif``  bag, patch, cell
+ome_zarr       ``<stem>.<level>-attention-<weighting>.ome.zarr`` bag, patch, cell
+provenance     ``<stem>.provenance.json``                       (one file)
+=============  ===============================================  =====================
+
+The bag level has one attention (gamma), so its heatmaps are always named ``local``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ResultsError
+
+KINDS = ("geojson", "csv", "ome_tiff", "ome_zarr", "provenance")
+LEVELS = ("bag", "patch", "cell")
+DEFAULT_LEVELS = {"geojson": ("bag", "patch"), "csv": LEVELS, "ome_tiff": LEVELS,
+                  "ome_zarr": LEVELS}
+_PLURAL = {"bag": "bags", "patch": "patches", "cell": "cells"}
+_STEM_SUFFIXES = (".ome.tiff", ".ome.tif", ".mran.zarr")
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """File name without its extension (``.ome.tif(f)`` and ``.mran.zarr`` count as one)."""
+    name = os.path.basename(os.fspath(path).rstrip("/\\"))
+    for ext in _STEM_SUFFIXES:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or name
+    return os.path.splitext(name)[0] or name
+
+
+def normalise_kind(kind: str) -> str:
+    """``"ome-tiff"`` / ``"OME_TIFF"`` -> ``"ome_tiff"``; unknown kinds are a ResultsError."""
+    k = str(kind).strip().lower().replace("-", "_")
+    if k not in KINDS:
+        raise ResultsError(f"unknown export format {kind!r}; choose from "
+                           f"{', '.join(k.replace('_', '-') for k in KINDS)}")
+    return k
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """One file to write: the exporter ``kind``, its ``path`` and keyword ``options``."""
+
+    kind: str
+    path: Path
+    options: dict = field(default_factory=dict)
+
+
+def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "local",
+                levels=None, stem: str | None = None) -> list[ExportJob]:
+    """The files that exporting *kinds* of *result* into *folder* writes.
+
+    ``levels`` restricts the levels of every kind that has levels (default: the
+    table above); ``stem`` defaults to the slide's file name without its extension.
+    """
+    from .geojson import MAX_CELL_BAGS
+
+    if weighting not in ("local", "global"):
+        raise ResultsError(f"weighting must be 'local' or 'global', not {weighting!r}")
+    wanted = None
+    if levels is not None:
+        wanted = [str(v).strip().lower() for v in levels]
+        bad = [v for v in wanted if v not in LEVELS]
+        if bad:
+            raise ResultsError(f"unknown level(s) {bad}; choose from {', '.join(LEVELS)}")
+    stem = stem or file_stem(result.slide_name or "slide") or "slide"
+    folder = Path(folder)
+    plan: list[ExportJob] = []
+    for kind in dict.fromkeys(normalise_kind(k) for k in kinds):
+        if kind == "provenance":
+            plan.append(ExportJob("provenance", folder / f"{stem}.provenance.json"))
+            continue
+        chosen = DEFAULT_LEVELS[kind] if wanted is None else [v for v in LEVELS if v in wanted]
+        for level in chosen:
+            if kind == "geojson":
+                opts = {"level": level, "weighting": weighting}
+                if level == "cell":  # 1024 polygons per bag: the top bags only
+                    opts["bags"] = [int(i) for i in result.top_bags(MAX_CELL_BAGS)]
+                plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}.geojson", opts))
+            elif kind == "csv":
+                plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}.csv",
+                                      {"level": level}))
+            else:
+                lw = "local" if level == "bag" else weighting
+                ext = ".ome.tif" if kind == "ome_tiff" else ".ome.zarr"
+                plan.append(ExportJob(kind, folder / f"{stem}.{level}-attention-{lw}{ext}",
+                                      {"level": level, "weighting": lw}))
+    return plan
+
+
+def write_export(result, job: ExportJob, *, overwrite: bool = False) -> Path:
+    """Write one planned file through its exporter (atomic; never replaces a file unless
+    ``overwrite``)."""
+    from . import export_csv, export_geojson, export_ome_tiff, export_ome_zarr, export_provenance
+
+    funcs = {"geojson": export_geojson, "csv": export_csv, "ome_tiff": export_ome_tiff,
+             "ome_zarr": export_ome_zarr, "provenance": export_provenance}
+    return Path(funcs[normalise_kind(job.kind)](result, job.path, overwrite=overwrite,
+                                                **job.options))
