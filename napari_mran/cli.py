@@ -200,7 +200,7 @@ def _cmd_export(args) -> int:
     out = Path(args.out) if args.out else store.resolve().parent
     levels = args.level.split(",") if args.level else None
     plan = export_plan(result, out, [k for k in kinds if k != "overview"],
-                       weighting=args.weighting, levels=levels)
+                       weighting=args.weighting, levels=levels, gzip_geojson=args.gzip)
     overview = None
     if "overview" in kinds:
         from .export.plan import file_stem
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--weighting", choices=["local", "global"], default="local",
                     help="attention of the heatmaps and GeoJSON scores: local (alpha, beta) "
                          "or global (gamma*alpha, gamma*alpha*beta)")
+    ex.add_argument("--gzip", action="store_true", help="GeoJSON as .geojson.gz")
     ex.add_argument("--overwrite", action="store_true", help="replace existing files")
     ex.set_defaults(func=_cmd_export)
 

@@ -207,6 +207,12 @@ def test_export_refuses_existing_and_bad_input(tmp_path, capsys, two_bag_slide, 
     assert main(["export", str(store), "--format", "csv", "--level", "bag",
                  "--overwrite"]) == 0
     capsys.readouterr()
+    assert main(["export", str(store), "--format", "geojson", "--gzip", "--level", "patch"]) == 0
+    gz = out / "two=bags.patches.geojson.gz"
+    assert json.loads(capsys.readouterr().out)["written"] == [str(gz)]
+    import gzip
+    assert len(json.loads(gzip.decompress(gz.read_bytes()))["features"]) == 2 * 64
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     # bad input: clear errors naming the file or the option, exit 2
     assert main(["export", str(store), "--format", "pdf"]) == 2
     assert "unknown export format 'pdf'" in capsys.readouterr().err

@@ -187,7 +187,7 @@ def test_geojson_bags(tmp_path):
         [[4096, 2048], [6144, 2048], [6144, 4096], [4096, 4096], [4096, 2048]]
     ]
     props = f["properties"]
-    assert props["objectType"] == "detection"
+    assert props["objectType"] == "annotation"  # bags: QuPath annotations
     best = int(np.argmax(r.bag_probs[1]))
     assert props["classification"]["name"] == r.class_names[best]
     assert len(props["classification"]["color"]) == 3
@@ -202,6 +202,7 @@ def test_geojson_patches_global_and_cells(tmp_path):
     r = make_result()
     data = strict_load(export_geojson(r, tmp_path / "p.geojson", level="patch", weighting="global"))
     assert len(data["features"]) == 3 * 64
+    assert {f["properties"]["objectType"] for f in data["features"]} == {"tile"}
     f = data["features"][64 + 21]
     ring = f["geometry"]["coordinates"][0]
     assert ring[0] == [4096 + 1280, 2048 + 512] and ring[2] == [4096 + 1536, 2048 + 768]
@@ -213,12 +214,40 @@ def test_geojson_patches_global_and_cells(tmp_path):
     )
     with pytest.raises(ValueError, match="chosen bags"):
         export_geojson(r, tmp_path / "c.geojson", level="cell")
+    cells = strict_load(export_geojson(r, tmp_path / "c0.geojson", level="cell", bags=[0]))
+    assert {f["properties"]["objectType"] for f in cells["features"]} == {"detection"}
     cells = strict_load(
         export_geojson(r, tmp_path / "c.geojson", level="cell", bags=[1], object_type="annotation")
     )
     assert len(cells["features"]) == 1024
     assert cells["features"][0]["properties"]["objectType"] == "annotation"
     assert {f["properties"]["measurements"]["bag_index"] for f in cells["features"]} == {1}
+
+
+def test_geojson_ids_are_stable_uuids_and_gzip(tmp_path):
+    """Every feature has a UUID id, unique across levels, the same when the result is
+    exported again; a .gz path is gzip-compressed with the same content."""
+    import gzip
+    import uuid
+
+    r = make_result()
+    a = strict_load(export_geojson(r, tmp_path / "a.geojson", level="patch"))
+    b = strict_load(export_geojson(r, tmp_path / "b.geojson", level="patch"))
+    bags = strict_load(export_geojson(r, tmp_path / "bags.geojson"))
+    ids = [f["id"] for f in a["features"]]
+    assert all(uuid.UUID(i).version == 5 for i in ids)
+    assert len(set(ids)) == len(ids) == 3 * 64
+    assert ids == [f["id"] for f in b["features"]]  # stable
+    assert not set(ids) & {f["id"] for f in bags["features"]}  # levels differ
+    other = make_result(provenance={"slide": {"path": "/data/other.svs"}})
+    c = strict_load(export_geojson(other, tmp_path / "c.geojson", level="patch"))
+    assert not set(ids) & {f["id"] for f in c["features"]}  # another slide
+    gz = export_geojson(r, tmp_path / "a.geojson.gz", level="patch")
+    raw = gz.read_bytes()
+    assert raw[:2] == b"\x1f\x8b"
+    assert gzip.decompress(raw) == (tmp_path / "a.geojson").read_bytes()
+    assert export_geojson(r, tmp_path / "a2.geojson.gz", level="patch").read_bytes() == raw
+    assert names(tmp_path).count("a.geojson.gz") == 1
 
 
 def test_geojson_nan_scores_give_strict_json(tmp_path):

@@ -5,12 +5,18 @@ Each object is a ``Feature`` with a ``Polygon`` in level-0 pixel coordinates
 ``properties`` follow QuPath (>= 0.4): ``objectType``, ``name``,
 ``classification`` ``{name, color}``, ``measurements`` (a flat dict of numbers).
 
-Object type: ``"detection"`` by default.  QuPath draws and measures tens of
-thousands of detections cheaply, colours them by a measurement (Measure >
-Show measurement maps works on detections only), and shows them in its detection
-measurement table; annotations are meant for a few hand-editable regions and slow
-QuPath down by the thousand.  ``object_type="annotation"`` is offered for small
-exports (e.g. the top bags to review).
+Object type by level (``object_type=None``): bags are ``"annotation"`` objects (a
+slide has tens to a few thousand; they appear in QuPath's annotation list, to review
+and edit), patches are ``"tile"`` objects (QuPath's tiles are detections: tens of
+thousands are drawn cheaply, listed in the detection measurement table, and Measure >
+Show measurement maps colours them by attention), cells are ``"detection"`` objects.
+Any of the four can be forced with ``object_type``.
+
+Every feature has an ``id``: a UUID (version 5) derived from the slide and model
+fingerprints in the result's provenance, the level and the object's indices, so that
+exporting the same result again gives the same ids.
+
+A path ending in ``.gz`` is written gzip-compressed (QuPath reads ``.geojson.gz``).
 
 Strict JSON: non-finite numbers are never written.  A non-finite measurement is
 left out of that feature's ``measurements`` (QuPath reads a missing measurement as
@@ -20,8 +26,11 @@ are all non-finite gets no classification.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -50,7 +59,11 @@ DEFAULT_CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 #: Cell polygons are only exported for a chosen subset of at most this many bags.
 MAX_CELL_BAGS = 64
-OBJECT_TYPES = ("detection", "annotation")
+OBJECT_TYPES = ("detection", "annotation", "tile")
+#: QuPath object type of each level when ``object_type`` is None.
+LEVEL_OBJECT_TYPES = {"bag": "annotation", "patch": "tile", "cell": "detection"}
+#: UUID-5 namespace of napari-mran's feature ids.
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://napari-mran/geojson-feature")
 
 
 def _num(value: float) -> float | int | None:
@@ -88,7 +101,7 @@ def export_geojson(
     level: str = "bag",
     weighting: str = "local",
     bags: Iterable[int] | None = None,
-    object_type: str = "detection",
+    object_type: str | None = None,
     class_colors: Sequence[Sequence[int]] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -102,7 +115,8 @@ def export_geojson(
         ``rank``: ``"local"`` (gamma / alpha / beta) or ``"global"`` (gamma,
         gamma*alpha, gamma*alpha*beta).  Both attentions are always included.
     bags : optional bag indices to export (default: all bags).
-    object_type : ``"detection"`` (default) or ``"annotation"``.
+    object_type : None (by level: bag ``"annotation"``, patch ``"tile"``, cell
+        ``"detection"``), or one of ``"annotation"``, ``"tile"``, ``"detection"``.
 
     Measurements per feature: ``bag_index`` (+ ``patch_index``, ``cell_index``),
     ``attention``, ``attention_global``, ``score``, ``rank`` (1 = highest score among
@@ -113,8 +127,11 @@ def export_geojson(
         raise ValueError(f"level must be 'bag', 'patch' or 'cell', not {level!r}")
     if weighting not in ("local", "global"):
         raise ValueError(f"weighting must be 'local' or 'global', not {weighting!r}")
+    if object_type is None:
+        object_type = LEVEL_OBJECT_TYPES[level]
     if object_type not in OBJECT_TYPES:
-        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, not {object_type!r}")
+        raise ValueError(f"object_type must be None or one of {OBJECT_TYPES}, "
+                         f"not {object_type!r}")
     if level == "cell" and bags is None:
         raise ValueError(
             "cell polygons are exported only for chosen bags (pass bags=[...]); "
@@ -138,6 +155,7 @@ def export_geojson(
     ranks = _rank_desc(score.reshape(-1)).reshape(score.shape)
     class_names = result.class_names
     prob_keys = [f"prob_{n}" for n in class_names]
+    id_base = f"{_fingerprint(result)}/{level}"
 
     def feature(idx: tuple[int, ...]) -> str:
         b = int(sel[idx[0]])
@@ -170,10 +188,16 @@ def export_geojson(
                 "color": list(colors[best % len(colors)]),
             }
         props["measurements"] = measurements
-        feat = {"type": "Feature", "geometry": _polygon(boxes[idx]), "properties": props}
+        key = "/".join([id_base, str(b), *(str(int(i)) for i in idx[1:])])
+        feat = {"type": "Feature", "id": str(uuid.uuid5(ID_NAMESPACE, key)),
+                "geometry": _polygon(boxes[idx]), "properties": props}
         return json.dumps(feat, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
-    with atomic_file(path, "w", overwrite=overwrite, encoding="utf-8") as fh:
+    compress = os.fspath(path).lower().endswith(".gz")
+    with atomic_file(path, "wb", overwrite=overwrite) as raw:
+        # mtime=0: the same result gives byte-identical .gz files
+        zipped = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else None
+        fh = io.TextIOWrapper(zipped if compress else raw, encoding="utf-8", newline="\n")
         fh.write('{"type":"FeatureCollection","features":[\n')
         first = True
         for idx in np.ndindex((sel.size, *per_bag_shape)):
@@ -182,4 +206,19 @@ def export_geojson(
             fh.write(feature(idx))
             first = False
         fh.write("\n]}\n")
+        fh.flush()
+        fh.detach()  # leave *raw* open: atomic_file syncs and publishes it
+        if zipped is not None:
+            zipped.close()  # writes the gzip trailer into *raw*
     return Path(path)
+
+
+def _fingerprint(result: SlideResult) -> str:
+    """Slide + model identity from the provenance (for stable feature ids)."""
+    prov = result.provenance or {}
+    slide = prov.get("slide") or {}
+    model = prov.get("model") or {}
+    parts = [slide.get("sha256_first_mb") or slide.get("path") or result.slide_name or "",
+             str(slide.get("bytes") or ""), model.get("sha256") or "",
+             "x".join(str(v) for v in result.slide_size)]
+    return "|".join(parts)

@@ -62,11 +62,13 @@ class ExportJob:
 
 
 def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "local",
-                levels=None, stem: str | None = None) -> list[ExportJob]:
+                levels=None, stem: str | None = None,
+                gzip_geojson: bool = False) -> list[ExportJob]:
     """The files that exporting *kinds* of *result* into *folder* writes.
 
     ``levels`` restricts the levels of every kind that has levels (default: the
-    table above); ``stem`` defaults to the slide's file name without its extension.
+    table above); ``stem`` defaults to the slide's file name without its extension;
+    ``gzip_geojson`` writes ``.geojson.gz`` files.
     """
     from .geojson import MAX_CELL_BAGS
 
@@ -91,7 +93,8 @@ def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "l
                 opts = {"level": level, "weighting": weighting}
                 if level == "cell":  # 1024 polygons per bag: the top bags only
                     opts["bags"] = [int(i) for i in result.top_bags(MAX_CELL_BAGS)]
-                plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}.geojson", opts))
+                ext = ".geojson.gz" if gzip_geojson else ".geojson"
+                plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}{ext}", opts))
             elif kind == "csv":
                 plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}.csv",
                                       {"level": level}))
