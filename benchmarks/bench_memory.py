@@ -4,8 +4,8 @@
 
 (the 100k x 100k slide takes ~6 min to write and ~5 GB of disk on 2 cores)
 
-Each size runs in a fresh process (ru_maxrss is a process-lifetime peak) with the demo
-model; the table goes to docs/performance.md ("Memory against slide size").
+Each size runs in a fresh process (the peak is the process-lifetime high-water mark,
+VmHWM; "before" is that mark after imports and model loading) with the demo model; the table goes to docs/performance.md ("Memory against slide size").
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ def _cmd_analyze(args) -> int:
 
     from .analysis import analyze_slide
     from .errors import OutputExistsError, ResultsError
+    from .export.plan import file_stem
     from .model import load_model
     from .slide import open_slide
 
@@ -112,7 +113,7 @@ def _cmd_analyze(args) -> int:
     status = 0
     for path in args.slides:
         with open_slide(path, mpp=args.mpp) as slide:
-            stem = Path(path).name.split(".")[0] or "slide"
+            stem = file_stem(path) or "slide"
             targets = analysis_outputs(out, stem, exports)
             # refuse before computing: never overwrite unasked, fail early on unwritable folders
             existing = [str(p) for p in targets.values() if p.exists()]
@@ -191,6 +192,14 @@ def _cmd_export(args) -> int:
     from .results import SlideResult
 
     kinds = [k.strip().lower() for k in args.format.split(",") if k.strip()]
+    for k in kinds:
+        if k != "overview":
+            try:
+                normalise_kind(k)
+            except ResultsError:
+                raise ResultsError(f"--format: unknown export format {k!r}; choose from "
+                                   "geojson, csv, ome-tiff, ome-zarr, provenance, "
+                                   "overview") from None
     kinds = [k if k == "overview" else normalise_kind(k) for k in kinds]
     if not kinds:
         raise ResultsError("--format: name at least one of geojson, csv, ome-tiff, "
@@ -198,9 +207,10 @@ def _cmd_export(args) -> int:
     store = Path(args.result)
     result = SlideResult.load(store)
     out = Path(args.out) if args.out else store.resolve().parent
-    levels = args.level.split(",") if args.level else None
+    levels = [v for v in args.level.split(",") if v.strip()] if args.level else None
     plan = export_plan(result, out, [k for k in kinds if k != "overview"],
-                       weighting=args.weighting, levels=levels, gzip_geojson=args.gzip)
+                       weighting=args.weighting or "local", levels=levels,
+                       gzip_geojson=args.gzip)
     overview = None
     if "overview" in kinds:
         from .export.plan import file_stem
@@ -212,28 +222,29 @@ def _cmd_export(args) -> int:
         raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
                                 "choose another --out)")
     slide = None
-    if overview is not None:  # needs the slide: open it before writing anything
-        from .slide import open_slide
-
-        slide_path = (result.provenance.get("slide") or {}).get("path")
-        if not slide_path or not os.path.exists(slide_path):
-            raise ResultsError(f"{store}: the overview needs the slide, and "
-                               f"{slide_path or 'its path'} is not there")
-        slide = open_slide(slide_path)
-        if tuple(slide.dimensions) != tuple(result.slide_size):
-            raise ResultsError(f"{slide_path}: {slide.dimensions[0]} x {slide.dimensions[1]} px,"
-                               f" but {store} was computed on {result.slide_size[0]} x "
-                               f"{result.slide_size[1]} px")
-    _make_out_dir(out)
     written = []
     try:
+        if overview is not None:  # needs the slide: open it before writing anything
+            from .slide import open_slide
+
+            slide_path = (result.provenance.get("slide") or {}).get("path")
+            if not slide_path or not os.path.exists(slide_path):
+                raise ResultsError(f"{store}: the overview needs the slide, and "
+                                   f"{slide_path or 'its path'} is not there")
+            slide = open_slide(slide_path)
+            if tuple(slide.dimensions) != tuple(result.slide_size):
+                raise ResultsError(f"{slide_path}: {slide.dimensions[0]} x "
+                                   f"{slide.dimensions[1]} px, but {store} was computed on "
+                                   f"{result.slide_size[0]} x {result.slide_size[1]} px")
+        _make_out_dir(out)
         for job in plan:
             written.append(str(write_export(result, job, overwrite=args.overwrite)))
         if overview is not None:
             from .overview import write_overview
 
+            # (global by default, as `analyze` writes it)
             written.append(str(write_overview(slide, result, overview,
-                                              weighting=args.weighting,
+                                              weighting=args.weighting or "global",
                                               overwrite=args.overwrite)))
     finally:
         if slide is not None:
@@ -279,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--level", default=None,
                     help="comma-separated subset of bag,patch,cell (default: per format, "
                          "docs/cli.md)")
-    ex.add_argument("--weighting", choices=["local", "global"], default="local",
-                    help="attention of the heatmaps and GeoJSON scores: local (alpha, beta) "
-                         "or global (gamma*alpha, gamma*alpha*beta)")
+    ex.add_argument("--weighting", choices=["local", "global"], default=None,
+                    help="attention of the heatmaps and GeoJSON scores: local (alpha, beta; "
+                         "the default) or global (gamma*alpha, gamma*alpha*beta); the "
+                         "overview is global unless this says local")
     ex.add_argument("--gzip", action="store_true", help="GeoJSON as .geojson.gz")
     ex.add_argument("--overwrite", action="store_true", help="replace existing files")
     ex.set_defaults(func=_cmd_export)

@@ -36,6 +36,7 @@ def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]
     """Analyse the demo slides; return the results stores written."""
     from .analysis import predict_slide
     from .cli import _write_exports, analysis_outputs
+    from .export.plan import file_stem
     from .model import load_model
     from .slide import open_slide
 
@@ -46,7 +47,7 @@ def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]
         t0 = time.perf_counter()
         with open_slide(path) as slide:
             result = predict_slide(slide, model)
-            stem = path.name.split(".")[0]
+            stem = file_stem(path)
             targets = analysis_outputs(out, stem, ("geojson", "csv", "ome-tiff", "provenance",
                                                    "overview"))
             result.save(targets["store"], overwrite=overwrite)

@@ -242,6 +242,10 @@ def test_geojson_ids_are_stable_uuids_and_gzip(tmp_path):
     other = make_result(provenance={"slide": {"path": "/data/other.svs"}})
     c = strict_load(export_geojson(other, tmp_path / "c.geojson", level="patch"))
     assert not set(ids) & {f["id"] for f in c["features"]}  # another slide
+    moved = make_result(boxes=np.array(  # same slide and model, other tissue bags
+        [[0, 2048, 2048, 4096], [2048, 2048, 4096, 4096], [4096, 0, 6144, 2048]], np.int64))
+    d = strict_load(export_geojson(moved, tmp_path / "d.geojson", level="patch"))
+    assert not set(ids) & {f["id"] for f in d["features"]}
     gz = export_geojson(r, tmp_path / "a.geojson.gz", level="patch")
     raw = gz.read_bytes()
     assert raw[:2] == b"\x1f\x8b"

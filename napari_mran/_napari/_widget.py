@@ -344,7 +344,9 @@ class _GcPause:
     With napari and torch loaded a full collection walks millions of objects: 0.2-0.3 s
     with the event loop blocked, at a moment the analysis' allocations choose.  Frozen,
     full collections during the run only walk what the run created.  Nested runs (one
-    per widget) are counted; nothing stays frozen after the last one ends.
+    per widget) are counted; nothing stays frozen after the last one ends.  The price:
+    an object that existed at the click and becomes *cyclic* garbage during the run (a
+    layer the user deletes meanwhile) is freed when the run ends, not before.
     """
 
     depth = 0
@@ -1035,8 +1037,6 @@ class AnalyzeSlideWidget(QWidget):
                    frame=L.SlideFrame.from_layer(slide_layer), model=self._model,
                    t_start=time.perf_counter(), options=options)
         self._run = run
-        _GcPause.enter()
-        run.gc_paused = True
         self.last_outcome = None
         self.last_error = None
         worker.yielded.connect(lambda ev, run=run: self._on_event(run, ev))
@@ -1068,6 +1068,9 @@ class AnalyzeSlideWidget(QWidget):
             self._repaint_timer.start()
             worker.start()
 
+        # from here on the run always ends through _end_run, which undoes this
+        _GcPause.enter()
+        run.gc_paused = True
         self._in_turns(steps, launch)
 
     def _empty_run_layers(self, run: _Run, slide, options: dict) -> list[tuple[str, tuple]]:

@@ -13,8 +13,9 @@ Show measurement maps colours them by attention), cells are ``"detection"`` obje
 Any of the four can be forced with ``object_type``.
 
 Every feature has an ``id``: a UUID (version 5) derived from the slide and model
-fingerprints in the result's provenance, the level and the object's indices, so that
-exporting the same result again gives the same ids.
+fingerprints in the result's provenance, the level, the object's indices and its
+level-0 box, so that exporting the same result again gives the same ids, and another
+bag size or tissue rule (other boxes) gives other ids.
 
 A path ending in ``.gz`` is written gzip-compressed (QuPath reads ``.geojson.gz``).
 
@@ -188,7 +189,8 @@ def export_geojson(
                 "color": list(colors[best % len(colors)]),
             }
         props["measurements"] = measurements
-        key = "/".join([id_base, str(b), *(str(int(i)) for i in idx[1:])])
+        box = ",".join(f"{float(v):g}" for v in boxes[idx])  # ties the id to the geometry
+        key = "/".join([id_base, str(b), *(str(int(i)) for i in idx[1:]), box])
         feat = {"type": "Feature", "id": str(uuid.uuid5(ID_NAMESPACE, key)),
                 "geometry": _polygon(boxes[idx]), "properties": props}
         return json.dumps(feat, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
