@@ -94,9 +94,6 @@ def analysis_outputs(out_dir, stem: str, exports) -> dict[str, Path]:
 
 
 def _cmd_analyze(args) -> int:
-    import os
-    from pathlib import Path
-
     from .analysis import analyze_slide
     from .errors import OutputExistsError, ResultsError
     from .export.plan import file_stem
@@ -191,16 +188,14 @@ def _cmd_export(args) -> int:
     from .export.plan import export_plan, normalise_kind, write_export
     from .results import SlideResult
 
-    kinds = [k.strip().lower() for k in args.format.split(",") if k.strip()]
-    for k in kinds:
-        if k != "overview":
-            try:
-                normalise_kind(k)
-            except ResultsError:
-                raise ResultsError(f"--format: unknown export format {k!r}; choose from "
-                                   "geojson, csv, ome-tiff, ome-zarr, provenance, "
-                                   "overview") from None
-    kinds = [k if k == "overview" else normalise_kind(k) for k in kinds]
+    kinds = []
+    for k in (k.strip().lower() for k in args.format.split(",") if k.strip()):
+        try:
+            kinds.append(k if k == "overview" else normalise_kind(k))
+        except ResultsError:
+            raise ResultsError(f"--format: unknown export format {k!r}; choose from "
+                               "geojson, csv, ome-tiff, ome-zarr, provenance, "
+                               "overview") from None
     if not kinds:
         raise ResultsError("--format: name at least one of geojson, csv, ome-tiff, "
                            "ome-zarr, provenance, overview")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from napari_mran.export import geojson as geojson_mod
 from napari_mran.export import heatmaps as heatmaps_mod
 from napari_mran.export import table as table_mod
 from napari_mran.results import SlideResult
+from procs import sigkill_when_ready
 
 REPO = Path(__file__).resolve().parents[1]
 EVIL = '=HYPERLINK("http://x")'
@@ -489,17 +488,7 @@ def test_sigkill_during_export_leaves_no_half_file(tmp_path):
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ready").exists():
-            assert proc.poll() is None, "writer exited early"
-            assert time.monotonic() < deadline, "writer never started"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when_ready(proc, tmp_path / "ready", "writer never started")
     assert not final.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ready"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".cells.csv.partial-")

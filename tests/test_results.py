@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +15,7 @@ import pytest
 from napari_mran import results as results_mod
 from napari_mran.errors import OutputExistsError, ResultsError
 from napari_mran.results import Heatmap, SlideResult, is_results_store, strict_json, verify_store
+from procs import sigkill_when_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,17 +192,7 @@ def test_sigkill_during_save_never_leaves_a_store_under_the_final_name(tmp_path)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ready").exists():
-            assert proc.poll() is None, "writer exited early"
-            assert time.monotonic() < deadline, "writer never reached the marker"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when_ready(proc, tmp_path / "ready", "writer never reached the marker")
     assert not final.exists()
     partial = [p for p in tmp_path.iterdir() if p.name.startswith(".s.mran.zarr.partial-")]
     assert len(partial) == 1  # arrays were written there, then the process died

@@ -62,6 +62,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MRANError, OutputExistsError
+from ..export.plan import file_stem as slide_stem
 from . import layers as L
 
 # --------------------------------------------------------------------------- helpers
@@ -92,13 +93,6 @@ def default_results_folder(slide_path: str | os.PathLike) -> Path:
     else:
         ok = here.is_dir() and os.access(here, os.W_OK | os.X_OK)
     return target if ok else user_cache_dir() / "results"
-
-
-def slide_stem(path: str | os.PathLike) -> str:
-    """File name without its extension (``.ome.tif(f)`` counts as one)."""
-    from ..export.plan import file_stem
-
-    return file_stem(path)
 
 
 def save_result_unique(result, folder: Path, stem: str) -> Path:

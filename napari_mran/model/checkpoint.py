@@ -189,6 +189,21 @@ def _sniff(path: Path, size: int) -> Literal["safetensors", "torch"]:
     )
 
 
+def _key_problems(expected: Iterable[str], got: Iterable[str],
+                  display: Mapping[str, str] | None = None) -> str:
+    """``"missing keys: ...; unexpected keys: ..."`` ('' when the key sets agree);
+    ``num_batches_tracked`` buffers may be missing.  *display* renames keys for messages."""
+    expected, got, display = set(expected), set(got), display or {}
+    missing = expected - got - {k for k in expected if k.endswith("num_batches_tracked")}
+    unexpected = got - expected
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(display.get(k, k) for k in missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(display.get(k, k) for k in unexpected)}")
+    return "; ".join(problems)
+
+
 def _check_and_load(model: MRAN, state: Mapping[str, Any], path: Path, display: Mapping[str, str]) -> None:
     """Validate ``state`` (our key names) against ``model`` and copy it in.
 
@@ -197,16 +212,9 @@ def _check_and_load(model: MRAN, state: Mapping[str, Any], path: Path, display: 
     finiteness. Nothing is copied unless everything passes.
     """
     expected = model.state_dict()
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = set(expected) - set(state) - optional
-    unexpected = set(state) - set(expected)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(display.get(k, k) for k in missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(display.get(k, k) for k in unexpected)}")
+    problems = _key_problems(expected, state, display)
     if problems:
-        raise _error(path, "; ".join(problems))
+        raise _error(path, problems)
 
     bad_type, bad_shape, bad_dtype, non_finite = [], [], [], []
     for key, value in state.items():
@@ -257,15 +265,9 @@ def _model_from_reference_state(state: Mapping[str, Any], path: Path, provenance
     """Infer the config from tensor shapes, build the model, check and load the weights."""
     state = _strip_parallel_prefixes(state, str(path))
     names = _reference_names()  # reference name -> our name
-    missing = set(names) - set(state) - {k for k in names if k.endswith("num_batches_tracked")}
-    unexpected = set(state) - set(names)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    problems = _key_problems(names, state)
     if problems:
-        raise _error(path, "not an MRAN reference state dict: " + "; ".join(problems))
+        raise _error(path, "not an MRAN reference state dict: " + problems)
 
     stem = _shape_of(state, "upstream.conv1.weight", 4, path)
     n_classes = _shape_of(state, "upstream.linear.weight", 2, path)[0]
