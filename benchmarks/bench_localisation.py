@@ -69,7 +69,9 @@ def main(argv=None) -> int:
         probs.append(float(result.slide_probs[1]))
         if int(row["label"]) != 1:
             continue
-        mask = path.with_name(path.stem + ".mask.tif")
+        mask = path.parent / "masks" / (path.stem + ".mask.tif")
+        if not mask.exists():  # cohorts written before masks moved to masks/
+            mask = path.with_name(path.stem + ".mask.tif")
         frac_bag = tumour_bag_labels(mask, result.boxes)
         frac_patch = tumour_bag_labels(mask, result.level_boxes("patch").reshape(-1, 4))
         gamma = result.scores("bag", "local")
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     ])
     body = (f"Measured by `benchmarks/bench_localisation.py` on {res['slides']} held-out synthetic "
             f"slides ({res['bags']} bags, {res['seconds']} s on this CPU). Ground truth: the "
-            f"`.mask.tif` beside each slide; {res['rule']}.\n\n{table}")
+            f"`masks/<stem>.mask.tif` of each slide; {res['rule']}.\n\n{table}")
     write_section(args.doc, "Held-out evaluation", body,
                   intro="# The bundled demo model\n\nA DEMONSTRATION model trained on synthetic slides; "
                         "not for diagnosis.\n")

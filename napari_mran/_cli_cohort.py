@@ -153,7 +153,18 @@ def _run(gen, progress: _Progress, interrupted_note: str) -> tuple[int, Any]:
 def _analysis_kwargs(args) -> dict[str, Any]:
     return {"device": args.device, "batch_size": args.batch_size, "bag_um": args.bag_um,
             "tissue_method": args.tissue, "mpp": args.mpp,
-            "max_failed_fraction": args.max_failed_fraction}
+            "max_failed_fraction": args.max_failed_fraction, "edge": args.edge,
+            "allow_non_brightfield": args.allow_non_brightfield}
+
+
+def _model(args) -> str:
+    """``--model``, required (a clear error naming ``--model demo``); warns for the demo."""
+    from .cli import DEMO_NOTE, model_spec
+
+    spec = model_spec(args)
+    if spec == "demo":
+        print(f"warning: --model demo: {DEMO_NOTE}", file=sys.stderr)
+    return spec
 
 
 def _cmd_predict(args) -> int:
@@ -161,7 +172,7 @@ def _cmd_predict(args) -> int:
 
     try:
         gen = predict_cohort(
-            args.slides, args.model, args.out, workers=args.workers, scheduler=args.scheduler,
+            args.slides, _model(args), args.out, workers=args.workers, scheduler=args.scheduler,
             resources={"GPU": 1} if args.gpu_resource else None,
             save_embeddings=not args.no_embeddings, overwrite=args.overwrite,
             **_analysis_kwargs(args))
@@ -181,6 +192,8 @@ def _cmd_predict(args) -> int:
         print(f"{summary['done']} analysed, {summary['skipped']} skipped (verified stores), "
               f"{len(summary['failed'])} failed; {summary['n_slides']} slides")
         print(f"predictions: {summary['predictions_csv']}")
+        if summary.get("model_is_demo"):
+            print("model: DEMO (trained on synthetic slides; not for diagnosis)")
     for f in summary["failed"]:
         print(f"failed: {f['slide']}: {f['error']}: {f['message']}", file=sys.stderr)
     for s in summary["set_aside"]:
@@ -196,7 +209,7 @@ def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
     try:
-        gen = evaluate(args.model, args.slides, args.labels, args.out, k_list=args.k,
+        gen = evaluate(_model(args), args.slides, args.labels, args.out, k_list=args.k,
                        m_list=args.m, results_dir=args.results, overwrite=args.overwrite,
                        **_analysis_kwargs(args))
     except MRANError as exc:
@@ -223,6 +236,8 @@ def _cmd_evaluate(args) -> int:
               f"sensitivity {fmt(m['sensitivity'])}, specificity {fmt(m['specificity'])}")
         for key, path in report["files"].items():
             print(f"{key}: {path}")
+        if report.get("model_is_demo"):
+            print("model: DEMO (trained on synthetic slides; not for diagnosis)")
     for f in report["failed"]:
         print(f"failed: {f['slide']}: {f['error']}: {f['message']}", file=sys.stderr)
     return EXIT_SOME_FAILED if report["failed"] else EXIT_OK
@@ -246,6 +261,12 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-failed-fraction", type=float, default=None, metavar="F",
                    help="fail a slide when more than this fraction of its bags cannot be "
                         "decoded (default 0.1)")
+    g.add_argument("--edge", choices=("pad", "drop"), default="pad",
+                   help="partial bags at the right/bottom edges: pad (default: analysed, "
+                        "white outside the slide) or drop (the authors' rule)")
+    g.add_argument("--allow-non-brightfield", action="store_true",
+                   help="analyse slides that fail the brightfield H&E check (recorded in "
+                        "provenance)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier outputs that were made differently")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -264,8 +285,9 @@ def register(subparsers) -> None:
                     "2 bad input, 130 interrupted.")
     pred.add_argument("slides", nargs="+", metavar="SLIDE",
                       help="slide files, or folders of slide files (not recursive)")
-    pred.add_argument("--model", required=True, metavar="M",
-                      help="model checkpoint (.safetensors or reference .pth)")
+    pred.add_argument("--model", default=None, metavar="M",
+                      help="required: model checkpoint (.safetensors or reference .pth), or "
+                           "'demo' (the bundled demo model; not for diagnosis)")
     pred.add_argument("--out", required=True, metavar="DIR", help="output folder")
     where = pred.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_non_negative_int, default=1, metavar="N",
@@ -288,7 +310,8 @@ def register(subparsers) -> None:
                     "accuracy/AUC/F1/precision/sensitivity/specificity, draw the ROC curve and "
                     "re-predict every slide from its top-k bags and top-m patches only. "
                     "Exit status: 0 ok, 1 some slides failed, 2 bad input, 130 interrupted.")
-    ev.add_argument("--model", required=True, metavar="M", help="model checkpoint")
+    ev.add_argument("--model", default=None, metavar="M",
+                    help="required: model checkpoint, or 'demo' (the bundled demo model)")
     ev.add_argument("--slides", required=True, metavar="DIR",
                     help="folder the 'slide' column of the labels is relative to")
     ev.add_argument("--labels", required=True, metavar="CSV",

@@ -157,7 +157,8 @@ REFINE_MAX_DOWNSAMPLE = 4.0
 
 
 def find_tissue_bags(slide, bag_px: int, method: str = "reference",
-                     options: dict | None = None, workers: int = 4) -> TissueBags:
+                     options: dict | None = None, workers: int = 4, *,
+                     edge: str = "drop", lowres: tuple | None = None) -> TissueBags:
     """Tissue bags of a slide.
 
     ``otsu``: saturation + Otsu on the smallest level (cheap and fine at low resolution).
@@ -168,23 +169,36 @@ def find_tissue_bags(slide, bag_px: int, method: str = "reference",
     bags (anything that is not glass: < 99.9 % of pixels with all channels > 220), and
     (2) the rule is evaluated on each candidate at the coarsest level whose downsample is
     <= 4 (level 0 when there is no such level; the exact reference when that is level 0).
+
+    ``edge``: ``"drop"`` (the authors' rule: whole bags only) or ``"pad"`` (partial bags
+    at the right and bottom edges too, read with white background outside the slide).
+    ``lowres``: the ``tissue_lowres(slide)`` tuple when the caller has read it already.
+    The parameters record ``tissue_coverage``: the fraction of the slide's tissue (not
+    glass, at the smallest level) that the kept bags cover.
     """
-    from .tissue import select_tissue_bags
+    from .tissue import select_tissue_bags, tissue_coverage
 
     opts = dict(options or {})
     w0, h0 = slide.dimensions
-    lowres, valid, down = tissue_lowres(slide)
+    lowres, valid, down = lowres if lowres is not None else tissue_lowres(slide)
+
+    def coverage(boxes) -> dict:
+        frac, n_px = tissue_coverage(lowres, down, boxes, valid=valid)
+        return {"tissue_coverage": round(frac, 4), "tissue_coverage_pixels": n_px}
+
     if method != "reference":
         sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=method,
-                                 valid=valid, **opts)
+                                 valid=valid, edge=edge, **opts)
         kept = np.flatnonzero(sel.kept)
-        return TissueBags(np.asarray(sel.boxes, np.int64).reshape(-1, 4), sel.grid_boxes,
-                          np.asarray(sel.white_fraction)[kept], {**sel.parameters, "stages": 1})
+        kboxes = np.asarray(sel.boxes, np.int64).reshape(-1, 4)
+        return TissueBags(kboxes, sel.grid_boxes, np.asarray(sel.white_fraction)[kept],
+                          {**sel.parameters, "stages": 1, **coverage(kboxes)})
     white_level = int(opts.pop("white_level", 127))
     max_white = float(opts.pop("max_white_fraction", 0.98))
     min_valid = float(opts.get("min_valid_fraction", 0.5))
     cand = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method="reference",
-                              white_level=220, max_white_fraction=0.999, valid=valid, **opts)
+                              white_level=220, max_white_fraction=0.999, valid=valid,
+                              edge=edge, **opts)
     cboxes = np.asarray(cand.boxes, np.int64).reshape(-1, 4)
     level = 0
     for lv, d in enumerate(slide.level_downsamples):
@@ -210,7 +224,9 @@ def find_tissue_bags(slide, bag_px: int, method: str = "reference",
               "white_level": white_level, "max_white_fraction": max_white,
               "min_valid_fraction": min_valid, "candidates_from": "smallest level (not glass: "
               "< 99.9 % of pixels with all channels > 220)", "n_candidates": int(len(cboxes)),
-              "rule_level": level, "rule_level_downsample": float(d), "stages": 2}
+              "rule_level": level, "rule_level_downsample": float(d), "stages": 2,
+              "edge": edge, "n_partial_bags": cand.parameters["n_partial_bags"]}
+    params.update(coverage(cboxes[keep]))
     return TissueBags(cboxes[keep], cand.grid_boxes, wf[keep], params)
 
 
@@ -246,7 +262,8 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
                   num_workers: int | None = None, prefetch: int | None = None,
                   compile: bool | str = "auto", amp: bool | str = "auto",
                   max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
-                  top_k_patches: int | None = None,
+                  top_k_patches: int | None = None, edge: str = "pad",
+                  allow_non_brightfield: bool = False,
                   ) -> Generator[AnalysisProgress, None, Any]:
     """Analyse one slide with MRAN; a generator of progress events returning a SlideResult.
 
@@ -267,6 +284,13 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
         dtype on whatever device (tests use it to run the reduced-precision path on a
         CPU); False / ``"off"``: float32.
     max_failed_fraction : abort with AnalysisError when more bags fail to decode.
+    edge : ``"pad"`` (default: the partial bags at the right and bottom edges are
+        analysed, white background outside the slide) or ``"drop"`` (the authors' rule,
+        for exact reproduction: whole bags only).  Provenance records it and the
+        fraction of the tissue the analysed bags cover.
+    allow_non_brightfield : analyse even when the input fails the brightfield H&E
+        check (:mod:`napari_mran.brightfield`); otherwise such input raises
+        AnalysisError before any bag is read.  Provenance records the check.
     """
     import torch
 
@@ -298,15 +322,33 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
         use_amp, amp_dtype = amp_policy(amp, dev)
         w0, h0 = slide.dimensions
 
-        # ---- tissue
+        # ---- input check, then tissue
         t0 = time.perf_counter()
+        from .tissue import TissueError, edge_policy
+        try:
+            edge = edge_policy(edge)
+        except TissueError as exc:
+            raise AnalysisError(str(exc)) from None
+        if edge == "drop" and (w0 < bag_px or h0 < bag_px):
+            raise AnalysisError(f"{slide.path}: the slide ({w0} x {h0} px) is smaller than one "
+                                f"bag ({bag_px} px) and edge policy 'drop' keeps whole bags "
+                                "only; use edge policy 'pad'")
+        lowres = tissue_lowres(slide)
+        from .brightfield import check_slide
+        check = check_slide(slide, lowres)
+        if not check.ok and not allow_non_brightfield:
+            raise AnalysisError(f"{slide.path}: not a brightfield H&E image: {check.reason} "
+                                "(override: --allow-non-brightfield)")
         tissue = find_tissue_bags(slide, bag_px, tissue_method, tissue_options,
-                                  workers=num_workers or min(8, os.cpu_count() or 2))
+                                  workers=num_workers or min(8, os.cpu_count() or 2),
+                                  edge=edge, lowres=lowres)
+        del lowres
         boxes = tissue.boxes
         n = len(boxes)
         t_tissue = time.perf_counter() - t0
-        yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px",
-                               tissue_boxes=boxes)
+        cover = tissue.parameters.get("tissue_coverage", 1.0)
+        yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px "
+                               f"({cover:.0%} of the tissue)", tissue_boxes=boxes)
         if n == 0:
             raise AnalysisError(f"{slide.path}: no tissue bags found (method {tissue_method}, "
                                 f"bag {bag_px} px, slide {w0} x {h0} px)")
@@ -438,8 +480,10 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
             "slide": _slide_provenance(slide),
             "mpp": {"value": slide.mpp, "source": slide.mpp_source},
             "tissue": {"method": tissue_method, "bag_px": bag_px, "bag_um": bag_um,
-                       "parameters": tissue.parameters,
-                       "n_grid_bags": int(len(tissue.grid_boxes))},
+                       "edge": edge, "parameters": tissue.parameters,
+                       "n_grid_bags": int(len(tissue.grid_boxes)),
+                       "coverage": tissue.parameters.get("tissue_coverage")},
+            "input_check": check.provenance(overridden=allow_non_brightfield),
             "reading": {"level": plan.level, "read_px": plan.read_px, "resize": plan.resize,
                         "level_downsample": slide.level_downsamples[plan.level]},
             "inference": {"device": str(dev), "batch_size_final": bs, "amp": str(amp_dtype) if use_amp else "off",

@@ -18,10 +18,11 @@ from .errors import MRANError
 def _cmd_info(args) -> int:
     from .slide import open_slide
 
+    docs = []
     for path in args.slides:
         with open_slide(path, mpp=args.mpp) as slide:
             if args.json:
-                print(json.dumps({
+                docs.append({
                     "path": slide.path, "vendor": slide.vendor,
                     "level_dimensions": slide.level_dimensions,
                     "level_downsamples": slide.level_downsamples,
@@ -29,9 +30,11 @@ def _cmd_info(args) -> int:
                     "objective_power": slide.objective_power,
                     "associated_images": list(slide.associated_images),
                     "warnings": slide.warnings,
-                }, indent=2))
+                })
             else:
                 print(slide.summary())
+    if args.json:  # one document: an object for one slide, an array for several
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     return 0
 
 
@@ -81,64 +84,135 @@ def _cmd_train(args) -> int:
 
 
 EXPORTS = ("geojson", "csv", "ome-tiff", "ome-zarr", "provenance", "overview")
+#: the level (and weighting) of each export ``analyze`` writes; names come from the
+#: export plan, so ``analyze`` and ``export`` write the same file for the same content
+_ANALYZE_LEVELS = {"geojson": ("bag", "local"), "csv": ("patch", "local"),
+                   "ome-tiff": ("patch", "global"), "ome-zarr": ("patch", "global")}
+
+DEMO_NOTE = ("the bundled demo model was trained on synthetic slides: its output is a "
+             "demonstration, not a diagnosis")
 
 
-def analysis_outputs(out_dir, stem: str, exports) -> dict[str, Path]:
+def model_spec(args) -> str:
+    """The ``--model`` value; a clear error when it is missing (never a silent demo)."""
+    from .errors import MRANError
+
+    if not getattr(args, "model", None):
+        raise MRANError("--model is required: a checkpoint file (.safetensors or a "
+                        "reference .pth), or '--model demo' for the bundled synthetic demo "
+                        "model (not for diagnosis)")
+    return args.model
+
+
+def analysis_targets(out_dir, stem: str, exports) -> dict[str, Path]:
     """Final names of everything ``analyze`` writes for one slide."""
+    from .export.plan import export_plan
+
     out = Path(out_dir)
-    names = {"store": f"{stem}.mran.zarr", "geojson": f"{stem}.bags.geojson",
-             "csv": f"{stem}.patches.csv", "ome-tiff": f"{stem}.patch-attention.ome.tif",
-             "ome-zarr": f"{stem}.patch-attention.ome.zarr", "provenance": f"{stem}.provenance.json",
-             "overview": f"{stem}.overview.png"}
-    return {k: out / v for k, v in names.items() if k == "store" or k in exports}
+    targets = {"store": out / f"{stem}.mran.zarr"}
+    for kind in exports:
+        if kind in _ANALYZE_LEVELS:
+            level, weighting = _ANALYZE_LEVELS[kind]
+            job, = export_plan(None, out, [kind], weighting=weighting, levels=[level], stem=stem)
+            targets[kind] = job.path
+        elif kind == "provenance":
+            targets[kind] = out / f"{stem}.provenance.json"
+        elif kind == "overview":
+            targets[kind] = out / f"{stem}.overview.png"
+    return targets
+
+
+def check_targets(paths, overwrite: bool) -> None:
+    """Refuse before any computation when a target exists (without --overwrite) or
+    exists and cannot be replaced safely (with it)."""
+    import os
+
+    from .errors import OutputExistsError
+    from .export.heatmaps import ome_zarr_replace_check
+    from .results import verify_store
+
+    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]}: already exists{more}; use --overwrite to "
+                                "replace it, or --out to write into another folder")
+    for p in existing:
+        name = p.name.lower()
+        if name.endswith(".mran.zarr"):
+            why = verify_store(p)
+        elif name.endswith(".ome.zarr"):
+            why = ome_zarr_replace_check(p)
+        else:
+            why = None if p.is_file() and not p.is_symlink() else "it is not a plain file"
+        if why:
+            raise OutputExistsError(f"{p}: --overwrite refuses to replace it: {why}")
 
 
 def _cmd_analyze(args) -> int:
+    import os
+
     from .analysis import analyze_slide
-    from .errors import OutputExistsError, ResultsError
-    from .export.plan import file_stem
+    from .cohort import store_names
+    from .errors import ResultsError
     from .model import load_model
     from .slide import open_slide
 
-    exports = [e for e in args.export.split(",") if e] if args.export else []
+    spec = model_spec(args)
+    exports = [e.strip() for e in args.export.split(",") if e.strip()] if args.export else []
     bad = [e for e in exports if e not in EXPORTS]
     if bad:
-        raise ResultsError(f"unknown export(s) {bad}; choose from {', '.join(EXPORTS)}")
+        raise ResultsError(f"--export: unknown export(s) {', '.join(bad)}; choose from "
+                           f"{', '.join(EXPORTS)}")
+    slides = [os.path.abspath(s) for s in args.slides]
+    twice = [s for s in dict.fromkeys(slides) if slides.count(s) > 1]
+    if twice:
+        raise ResultsError(f"{twice[0]}: given more than once")
     out = Path(args.out)
-    model = load_model(args.model)
+    # distinct names for slides that share a stem (a/X.svs, b/X.svs): -<8 hex of the path>
+    stems = [n[: -len(".mran.zarr")] for n in store_names(slides)]
+    plans = [(path, stem, analysis_targets(out, stem, exports)) for path, stem in zip(slides, stems)]
+    # every precondition before the first bag is read: outputs, the folder, the model
+    check_targets([p for _, _, t in plans for p in t.values()], args.overwrite)
+    _make_out_dir(out)
+    model = load_model(spec)
+    is_demo = bool(getattr(model, "is_demo", False))
+    if is_demo:
+        print(f"warning: --model demo: {DEMO_NOTE}", file=sys.stderr)
     progress = _Progress(args.quiet)
     status = 0
-    for path in args.slides:
+    for path, stem, targets in plans:
         with open_slide(path, mpp=args.mpp) as slide:
-            stem = file_stem(path) or "slide"
-            targets = analysis_outputs(out, stem, exports)
-            # refuse before computing: never overwrite unasked, fail early on unwritable folders
-            existing = [str(p) for p in targets.values() if p.exists()]
-            if existing and not args.overwrite:
-                raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
-                                        "choose another --out)")
-            _make_out_dir(out)
-
-            def show(ev):
+            def show(ev, name=Path(path).name):
                 if ev.stage == "bags":
                     eta = f", ETA {ev.eta_s:.0f} s" if ev.eta_s is not None else ""
-                    progress.line(f"{Path(path).name}: {ev.message}{eta}")
+                    progress.line(f"{name}: {ev.message}{eta}")
                 elif ev.stage in ("tissue", "done"):
-                    progress.line(f"{Path(path).name}: {ev.message}", final=True)
+                    progress.line(f"{name}: {ev.message}", final=True)
 
-            result = _drain(analyze_slide(slide, model, bag_um=args.bag_um,
-                                          tissue_method=args.tissue_method,
-                                          batch_size=args.batch_size, device=args.device,
-                                          amp=args.amp), show)
+            result = _drain(analyze_slide(
+                slide, model, bag_um=args.bag_um, tissue_method=args.tissue_method,
+                batch_size=args.batch_size, device=args.device, amp=args.amp, edge=args.edge,
+                allow_non_brightfield=args.allow_non_brightfield), show)
             result.save(targets["store"], overwrite=args.overwrite)
             _write_exports(result, slide, targets, args.overwrite)
             if result.degraded:
                 status = 1
                 print(f"warning: {path}: {len(result.failed_boxes)} bag(s) failed to decode; "
                       "the result is flagged degraded", file=sys.stderr)
-            print(json.dumps({"slide": str(path), "slide_probs": dict(zip(
+            tissue = result.provenance.get("tissue", {})
+            summary = {"slide": str(path), "slide_probs": dict(zip(
                 result.class_names, map(float, result.slide_probs))), "bags": result.n_bags,
-                "outputs": {k: str(v) for k, v in targets.items()}}, indent=2))
+                "edge": tissue.get("edge"), "tissue_coverage": tissue.get("coverage"),
+                "model": {"path": getattr(model, "checkpoint_path", spec), "demo": is_demo},
+                "outputs": {k: str(v) for k, v in targets.items()}}
+            if is_demo:
+                summary["model"]["note"] = DEMO_NOTE
+            cov = tissue.get("coverage")
+            if cov is not None and not args.quiet:
+                print(f"{Path(path).name}: analysed {cov:.0%} of the tissue "
+                      f"({result.n_bags} bags, edge policy {tissue.get('edge')})"
+                      + (" [DEMO MODEL]" if is_demo else ""), file=sys.stderr)
+            print(json.dumps(summary, indent=2))
     return status
 
 
@@ -164,7 +238,8 @@ def _write_exports(result, slide, targets, overwrite: bool) -> None:
     from .overview import write_overview
 
     if "geojson" in targets:
-        export_geojson(result, targets["geojson"], level="bag", overwrite=overwrite)
+        export_geojson(result, targets["geojson"], level="bag", weighting="local",
+                       overwrite=overwrite)
     if "csv" in targets:
         export_csv(result, targets["csv"], level="patch", overwrite=overwrite)
     if "ome-tiff" in targets:
@@ -212,12 +287,9 @@ def _cmd_export(args) -> int:
 
         overview = out / f"{file_stem(result.slide_name or 'slide')}.overview.png"
     targets = [job.path for job in plan] + ([overview] if overview else [])
-    existing = [str(p) for p in targets if os.path.lexists(p)]
-    if existing and not args.overwrite:
-        raise OutputExistsError(f"{existing[0]}: already exists (use --overwrite, or "
-                                "choose another --out)")
     slide = None
-    written = []
+    written: list[str] = []
+    unchanged: list[str] = []
     try:
         if overview is not None:  # needs the slide: open it before writing anything
             from .slide import open_slide
@@ -231,21 +303,70 @@ def _cmd_export(args) -> int:
                 raise ResultsError(f"{slide_path}: {slide.dimensions[0]} x "
                                    f"{slide.dimensions[1]} px, but {store} was computed on "
                                    f"{result.slide_size[0]} x {result.slide_size[1]} px")
+        weighting = args.weighting or "global"
+        existing = [p for p in targets if os.path.lexists(p)]
+        if existing and not args.overwrite:
+            # a file an earlier `analyze` or `export` wrote from this store with these
+            # options is byte-identical to what we would write: keep it, skip it
+            same = _identical_exports(result, plan, overview, slide, weighting, existing)
+            unchanged = [str(p) for p in existing if p in same]
+            clash = [p for p in existing if p not in same]
+            if clash:
+                more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+                raise OutputExistsError(
+                    f"{clash[0]}: already exists with other content{more}; use --overwrite "
+                    "to replace it, or --out to write into another folder")
+        skip = set(unchanged)
         _make_out_dir(out)
         for job in plan:
-            written.append(str(write_export(result, job, overwrite=args.overwrite)))
+            if str(job.path) not in skip:
+                written.append(str(write_export(result, job, overwrite=args.overwrite)))
+        if overview is not None and str(overview) in skip:
+            overview = None
         if overview is not None:
             from .overview import write_overview
 
             # (global by default, as `analyze` writes it)
-            written.append(str(write_overview(slide, result, overview,
-                                              weighting=args.weighting or "global",
+            written.append(str(write_overview(slide, result, overview, weighting=weighting,
                                               overwrite=args.overwrite)))
     finally:
         if slide is not None:
             slide.close()
-    print(json.dumps({"result": str(store), "written": written}, indent=2))
+    print(json.dumps({"result": str(store), "written": written, "unchanged": unchanged},
+                     indent=2))
     return 0
+
+
+def _identical_exports(result, plan, overview, slide, weighting, existing) -> set:
+    """The existing plain files among the planned outputs whose content equals what this
+    export would write (rendered into a private temporary folder and compared)."""
+    import filecmp
+    import shutil
+    import tempfile
+
+    from .export.plan import ExportJob, write_export
+
+    wanted = {p for p in existing if p.is_file() and not p.is_symlink()}
+    if not wanted:
+        return set()
+    same = set()
+    tmp = Path(tempfile.mkdtemp(prefix="napari-mran-export-check-"))
+    try:
+        for job in plan:
+            if job.path in wanted:
+                fresh = write_export(result, ExportJob(job.kind, tmp / job.path.name,
+                                                       job.options))
+                if filecmp.cmp(fresh, job.path, shallow=False):
+                    same.add(job.path)
+        if overview is not None and overview in wanted:
+            from .overview import write_overview
+
+            fresh = write_overview(slide, result, tmp / overview.name, weighting=weighting)
+            if filecmp.cmp(fresh, overview, shallow=False):
+                same.add(overview)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return same
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="analyse slides with MRAN: results store + exports")
     an.add_argument("slides", nargs="+")
-    an.add_argument("--model", default="demo", help="checkpoint file, or 'demo' (synthetic demo model)")
+    an.add_argument("--model", default=None, metavar="M",
+                    help="required: a checkpoint file, or 'demo' (the bundled demo model, "
+                         "trained on synthetic slides: not for diagnosis)")
     an.add_argument("--out", required=True, help="output folder (created if needed)")
     an.add_argument("--export", default="geojson,csv,provenance,overview",
                     help=f"comma-separated subset of {','.join(EXPORTS)} ('' for none)")
@@ -273,8 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                     help="reduced precision: auto = bf16/fp16 autocast on CUDA only")
     an.add_argument("--mpp", type=float, default=None, help="override µm/px of level 0")
+    an.add_argument("--edge", choices=["pad", "drop"], default="pad",
+                    help="partial bags at the right/bottom edges: pad (default: analysed, "
+                         "white outside the slide) or drop (the authors' rule)")
+    an.add_argument("--allow-non-brightfield", action="store_true",
+                    help="analyse input that fails the brightfield H&E check (recorded in "
+                         "provenance)")
     an.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
-    an.add_argument("--quiet", action="store_true")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     an.set_defaults(func=_cmd_analyze)
 
     ex = sub.add_parser("export", help="write exports of a results store (.mran.zarr)")
@@ -312,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--class-names", default=None, help="comma-separated, in label order")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--workers", type=int, default=4, help="bag decoding threads")
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     tr.set_defaults(func=_cmd_train)
     from importlib.util import find_spec
 
@@ -322,11 +451,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``napari-mran info ... | head``): stop quietly.
+
+    Python would print a BrokenPipeError traceback when it flushes stdout at exit;
+    point stdout at /dev/null first (the documented recipe) and exit like a process
+    killed by SIGPIPE would report it (128 + 13)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except MRANError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

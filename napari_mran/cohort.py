@@ -83,7 +83,7 @@ SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", "
 # Analysis options that change the stored numbers (part of the "same options" check).
 # Device, batch size, decode threads and compile change them at float tolerance only.
 _KEY_OPTIONS = ("bag_px", "bag_um", "tissue_method", "tissue_options", "top_k_patches", "amp",
-                "mpp")
+                "mpp", "edge")
 
 
 class CohortError(MRANError):
@@ -138,7 +138,7 @@ def analysis_options(**options: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"not result-affecting analysis options: {unknown}")
     base = {"bag_px": None, "bag_um": None, "tissue_method": "reference", "tissue_options": {},
-            "top_k_patches": None, "amp": "auto", "mpp": None}
+            "top_k_patches": None, "amp": "auto", "mpp": None, "edge": "pad"}
     base.update({k: v for k, v in options.items()})
     if base["tissue_options"] is None:
         base["tissue_options"] = {}
@@ -439,6 +439,22 @@ _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 _MODEL_LOCK = threading.Lock()
 
 
+def resolve_model_path(model: str | os.PathLike) -> tuple[str, bool]:
+    """``(absolute checkpoint path, is the bundled demo model)`` of a ``--model`` value;
+    ``"demo"`` names the bundled synthetic demo model.  CheckpointError when missing."""
+    from .model import DEMO_MODEL_PATH
+
+    if isinstance(model, str) and model == "demo":
+        if not DEMO_MODEL_PATH.is_file():
+            raise CheckpointError(f"{DEMO_MODEL_PATH}: the demo model is not bundled with "
+                                  "this installation")
+        return str(DEMO_MODEL_PATH), True
+    path = os.path.abspath(os.fspath(Path(model).expanduser()))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: model file not found")
+    return path, os.path.realpath(path) == os.path.realpath(DEMO_MODEL_PATH)
+
+
 def _cached_model(model_path: str, sha256: str):
     """Load the checkpoint once per process (the worker's cache), checking its sha256."""
     key = (model_path, sha256)
@@ -454,6 +470,7 @@ def _cached_model(model_path: str, sha256: str):
             model = load_model(model_path)
             model.checkpoint_sha256 = sha256
             model.checkpoint_path = model_path
+            model.is_demo = resolve_model_path(model_path)[1]
             _MODEL_CACHE.clear()
             _MODEL_CACHE[key] = model
         return model
@@ -666,10 +683,14 @@ def write_json(path: Path, obj: Any, *, overwrite: bool) -> None:
         fh.write(json.dumps(clean, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
 
 
-def _write_predictions(path: Path, records: list[dict[str, Any]], class_names: list[str]
-                       ) -> None:
+#: the ``model`` column of predictions.csv for results of the bundled demo model
+DEMO_MODEL_LABEL = "DEMO model (trained on synthetic slides; not for diagnosis)"
+
+
+def _write_predictions(path: Path, records: list[dict[str, Any]], class_names: list[str],
+                       model_label: str = "") -> None:
     header = ["slide", "store", "status", *[f"prob_{c}" for c in class_names], "predicted",
-              "n_bags", "failed_bags", "degraded", "seconds", "error", "message"]
+              "n_bags", "failed_bags", "degraded", "seconds", "error", "message", "model"]
     rows = []
     for r in records:
         probs = r.get("slide_probs")
@@ -681,7 +702,7 @@ def _write_predictions(path: Path, records: list[dict[str, Any]], class_names: l
         rows.append([r["slide"], r["store"], r["status"],
                      *(probs if probs else [None] * len(class_names)), predicted,
                      r.get("n_bags"), r.get("failed_bags"), r.get("degraded"), r.get("seconds"),
-                     r.get("error") or "", r.get("message") or ""])
+                     r.get("error") or "", r.get("message") or "", model_label])
     write_csv(path, header, rows, overwrite=True)
 
 
@@ -744,6 +765,8 @@ def predict_cohort(
     compile: bool | str = "auto",
     max_failed_fraction: float | None = None,
     mpp: float | tuple[float, float] | None = None,
+    edge: str = "pad",
+    allow_non_brightfield: bool = False,
     save_embeddings: bool = True,
     overwrite: bool = False,
 ) -> Generator[CohortEvent, None, dict[str, Any]]:
@@ -752,8 +775,9 @@ def predict_cohort(
     Parameters
     ----------
     slides : slide files (or folders: their slide files, not recursive).
-    model_path : the checkpoint (``.safetensors`` or reference ``.pth``); each worker
-        loads it once (cached per process) and checks its sha256.
+    model_path : the checkpoint (``.safetensors`` or reference ``.pth``), or ``"demo"``
+        (the bundled synthetic demo model: recorded as such in every output); each
+        worker loads it once (cached per process) and checks its sha256.
     out_dir : the output folder (created if missing).
     workers : processes of a local dask cluster (``threads_per_worker=1``: one slide at
         a time per worker, so one GPU task per worker).  0 or 1 runs in this process
@@ -764,7 +788,7 @@ def predict_cohort(
     resources : dask resources each task needs, e.g. ``{"GPU": 1}`` (workers started
         with ``--resources GPU=1``).
     device, batch_size, num_workers, bag_px, bag_um, tissue_method, tissue_options,
-    top_k_patches, amp, compile, max_failed_fraction, mpp : passed to
+    top_k_patches, amp, compile, max_failed_fraction, mpp, edge, allow_non_brightfield : passed to
         :func:`~napari_mran.analysis.analyze_slide` / ``open_slide``.
     save_embeddings : keep the (N, E) bag embeddings in each store (small; lets
         ``evaluate`` re-run the slide-level branch without re-reading).
@@ -783,22 +807,22 @@ def predict_cohort(
 
     t0 = time.perf_counter()
     slide_list = expand_slides(slides)
-    model_path = os.path.abspath(os.fspath(Path(model_path).expanduser()))
-    if not os.path.isfile(model_path):
-        raise CheckpointError(f"{model_path}: model file not found")
+    model_path, is_demo = resolve_model_path(model_path)
     if workers is not None and (isinstance(workers, bool) or int(workers) < 0):
         raise ValueError(f"workers must be >= 0, not {workers!r}")
     model_sha = sha256_of(model_path)
     model = load_model(model_path)  # fail early on a bad checkpoint
     model.checkpoint_sha256, model.checkpoint_path = model_sha, model_path
+    model.is_demo = is_demo
     class_names = list(model.config.class_names)
     key_options = analysis_options(bag_px=bag_px, bag_um=bag_um, tissue_method=tissue_method,
                                    tissue_options=tissue_options, top_k_patches=top_k_patches,
-                                   amp=amp, mpp=mpp)
+                                   amp=amp, mpp=mpp, edge=edge)
     run_options = {"device": device, "batch_size": batch_size, "num_workers": num_workers,
                    "bag_px": bag_px, "bag_um": bag_um, "tissue_method": tissue_method,
                    "tissue_options": tissue_options, "top_k_patches": top_k_patches, "amp": amp,
-                   "compile": compile, "mpp": mpp,
+                   "compile": compile, "mpp": mpp, "edge": edge,
+                   "allow_non_brightfield": bool(allow_non_brightfield),
                    "max_failed_fraction": (DEFAULT_MAX_FAILED_FRACTION
                                            if max_failed_fraction is None
                                            else float(max_failed_fraction))}
@@ -904,13 +928,15 @@ def predict_cohort(
                 runner.close()  # cancels pending futures and closes the cluster
 
         ordered = [records[i] for i in range(total)]
-        _write_predictions(out / PREDICTIONS_NAME, ordered, class_names)
+        _write_predictions(out / PREDICTIONS_NAME, ordered, class_names,
+                           DEMO_MODEL_LABEL if is_demo else os.path.basename(model_path))
         counts = Counter(r["status"] for r in ordered)
         summary = {
             "out_dir": str(out),
             "predictions_csv": str(out / PREDICTIONS_NAME),
             "manifest": str(out / MANIFEST_NAME),
             "model_sha256": model_sha,
+            "model_is_demo": is_demo,
             "n_slides": total,
             "done": counts["done"],
             "skipped": counts["skipped"],

@@ -35,7 +35,7 @@ def demo_slides(work: Path) -> list[Path]:
 def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]:
     """Analyse the demo slides; return the results stores written."""
     from .analysis import predict_slide
-    from .cli import _write_exports, analysis_outputs
+    from .cli import _write_exports, analysis_targets
     from .export.plan import file_stem
     from .model import load_model
     from .slide import open_slide
@@ -48,7 +48,7 @@ def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]
         with open_slide(path) as slide:
             result = predict_slide(slide, model)
             stem = file_stem(path)
-            targets = analysis_outputs(out, stem, ("geojson", "csv", "ome-tiff", "provenance",
+            targets = analysis_targets(out, stem, ("geojson", "csv", "ome-tiff", "provenance",
                                                    "overview"))
             result.save(targets["store"], overwrite=overwrite)
             _write_exports(result, slide, targets, overwrite)

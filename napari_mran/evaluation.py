@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (AnalysisError, CheckpointError, LabelsError, MRANError, OutputExistsError, ResultsError)
+from .errors import (AnalysisError, LabelsError, MRANError, OutputExistsError, ResultsError)
 from .labels import read_labels_table
 from .labels import read_labels_table as read_labels  # public name kept
 
@@ -223,12 +223,15 @@ def evaluate(
     compile: bool | str = "auto",
     max_failed_fraction: float | None = None,
     mpp: float | tuple[float, float] | None = None,
+    edge: str = "pad",
+    allow_non_brightfield: bool = False,
 ) -> Generator[EvaluationEvent, None, dict[str, Any]]:
     """Evaluate *model* on the labelled slides; a generator of events returning a report.
 
     Parameters
     ----------
-    model : an :class:`~napari_mran.model.MRAN`, or the path of a checkpoint.
+    model : an :class:`~napari_mran.model.MRAN`, the path of a checkpoint, or ``"demo"``
+        (the bundled synthetic demo model; the outputs then say so).
     slides_dir : folder the ``slide`` column of *labels_csv* is relative to.
     labels_csv : ``slide,label[,case]`` (see :func:`read_labels`).
     out_dir : where the outputs go (created if missing; existing outputs are
@@ -249,8 +252,9 @@ def evaluate(
     is recorded (error class + message) and left out of the metrics.
     """
     from .analysis import DEFAULT_MAX_FAILED_FRACTION, predict_slide
-    from .cohort import (OutputLock, analysis_options, find_store, prepare_out_dir,
-                         store_status, write_csv, write_json)
+    from .cohort import (DEMO_MODEL_LABEL, OutputLock, analysis_options, find_store,
+                         prepare_out_dir, resolve_model_path, store_status, write_csv,
+                         write_json)
     from .faithfulness import ALL, parse_k, parse_m, restriction_sweep
     from .metrics import classification_metrics
     from .model import MRAN, load_model, sha256_of
@@ -259,12 +263,11 @@ def evaluate(
 
     t0 = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
-        model_path = os.path.abspath(os.fspath(Path(model).expanduser()))
-        if not os.path.isfile(model_path):
-            raise CheckpointError(f"{model_path}: model file not found")
+        model_path, is_demo = resolve_model_path(model)
         model_sha = sha256_of(model_path)
         model = load_model(model_path)
         model.checkpoint_sha256, model.checkpoint_path = model_sha, model_path
+        model.is_demo = is_demo
     elif isinstance(model, MRAN):
         model_sha = getattr(model, "checkpoint_sha256", None)
         model_path = getattr(model, "checkpoint_path", None)
@@ -303,12 +306,13 @@ def evaluate(
         rdir = None
     key_options = analysis_options(bag_px=bag_px, bag_um=bag_um, tissue_method=tissue_method,
                                    tissue_options=tissue_options, top_k_patches=top_k_patches,
-                                   amp=amp, mpp=mpp)
+                                   amp=amp, mpp=mpp, edge=edge)
+    is_demo = bool(getattr(model, "is_demo", False))
     analysis_opts = {k: v for k, v in {
         "device": device, "batch_size": batch_size, "num_workers": num_workers,
         "bag_px": bag_px, "bag_um": bag_um, "tissue_method": tissue_method,
         "tissue_options": tissue_options, "top_k_patches": top_k_patches, "amp": amp,
-        "compile": compile,
+        "compile": compile, "edge": edge, "allow_non_brightfield": allow_non_brightfield,
         "max_failed_fraction": (DEFAULT_MAX_FAILED_FRACTION if max_failed_fraction is None
                                 else float(max_failed_fraction)),
     }.items() if v is not None}
@@ -394,7 +398,7 @@ def evaluate(
         # ---- outputs
         header = ["slide", "case", "label", "label_name",
                   *[f"prob_{c}" for c in class_names], "predicted", "predicted_name",
-                  "correct", "n_bags", "source", "seconds", "error", "message"]
+                  "correct", "n_bags", "source", "seconds", "error", "message", "model"]
         table_rows = []
         for r in records:
             pred = int(np.argmax(r["probs"])) if r["probs"] else None
@@ -403,14 +407,16 @@ def evaluate(
                 *(r["probs"] or [None] * len(class_names)),
                 pred, class_names[pred] if pred is not None else "",
                 None if pred is None else bool(pred == r["label"]), r["n_bags"],
-                r["status"], r["seconds"], r["error"] or "", r["message"] or ""])
+                r["status"], r["seconds"], r["error"] or "", r["message"] or "",
+                DEMO_MODEL_LABEL if is_demo else os.path.basename(model_path or "")])
         failures = [{"slide": r["slide"], "error": r["error"], "message": r["message"]}
                     for r in records if r["status"] == "failed"]
         sources = dict(Counter(r["status"] for r in records))
         write_csv(files["predictions_csv"], header, table_rows, overwrite=overwrite)
         meta = {
             "format": METRICS_FORMAT, "version": 1,
-            "model": {"path": model_path, "sha256": model_sha,
+            "model": {"path": model_path, "sha256": model_sha, "demo": is_demo,
+                      **({"note": DEMO_MODEL_LABEL} if is_demo else {}),
                       "config": model.config.to_dict()},
             "slides_dir": os.path.abspath(slides_dir),
             "labels_csv": os.path.abspath(labels_csv),
@@ -444,6 +450,7 @@ def evaluate(
             "case_metrics": case_metrics,
             "faithfulness": table,
             "model_sha256": model_sha,
+            "model_is_demo": is_demo,
             "elapsed_s": round(time.perf_counter() - t0, 3),
         }
         yield EvaluationEvent("done", done=total, total=total, failed=failed,

@@ -820,14 +820,16 @@ def _fmt(v: float) -> str:
 
 def make_slide(path, width: int, height: int, tumour: bool, seed: int, *, mpp: float = 0.5,
                tile: int = 256, quality: int = 90, tumour_fraction: float | None = None,
-               colorspace: str = "rgb", workers: int | None = None) -> SyntheticSlideInfo:
+               colorspace: str = "rgb", workers: int | None = None,
+               mask_dir=None) -> SyntheticSlideInfo:
     """Write a synthetic pyramidal H&E-like slide (Aperio-SVS-like JPEG TIFF).
 
     Parameters
     ----------
-    path: output file (``.svs`` recommended).  The mask is written beside it as
-        ``<stem>.mask.tif``.  Both are written under temporary names in the
-        same folder and renamed into place at the end.
+    path: output file (``.svs`` recommended).  The ground-truth mask is written
+        as ``<stem>.mask.tif`` in ``mask_dir`` (default: beside the slide).  Both
+        are written under temporary names in their folders and renamed into
+        place at the end.
     width, height: level-0 size in pixels.
     tumour: whether the slide contains tumour regions (1-3 regions).
     seed: non-negative integer; the same seed (and arguments) gives
@@ -872,7 +874,11 @@ def make_slide(path, width: int, height: int, tumour: bool, seed: int, *, mpp: f
     workers = max(1, int(workers))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    mask_path = path.with_name(path.stem + ".mask.tif")
+    if mask_dir is None:
+        mask_path = path.with_name(path.stem + ".mask.tif")
+    else:
+        Path(mask_dir).mkdir(parents=True, exist_ok=True)
+        mask_path = Path(mask_dir) / (path.stem + ".mask.tif")
     scene = _Scene(width, height, seed, tumour, float(mpp), tumour_fraction, tile)
     mask, boxes, tissue_frac = _ground_truth(scene)
     dims = _level_dims(width, height, tile)
@@ -1055,6 +1061,9 @@ def make_cohort(out_dir, n_slides: int, seed: int, width: int = 8192, height: in
                 colorspace: str = "rgb", workers: int | None = None) -> Path:
     """Write ``n_slides`` synthetic slides and ``labels.csv`` into ``out_dir``.
 
+    The ground-truth masks go to ``out_dir/masks/<stem>.mask.tif``, not beside the
+    slides, so that ``napari-mran predict out_dir`` sees only the slides.
+
     ``labels.csv`` has columns ``slide,label,case`` (slide = file name relative
     to ``out_dir``, label 1 = tumour / 0 = normal, case = case id; all slides
     of a case share its label).  About ``tumour_ratio`` of the cases are
@@ -1094,7 +1103,8 @@ def make_cohort(out_dir, n_slides: int, seed: int, width: int = 8192, height: in
         label = int(case_labels[case])
         name = f"slide_{i:04d}.svs"
         make_slide(out_dir / name, width, height, bool(label), int(slide_seeds[i]), mpp=mpp,
-                   tile=tile, quality=quality, colorspace=colorspace, workers=workers)
+                   tile=tile, quality=quality, colorspace=colorspace, workers=workers,
+                   mask_dir=out_dir / "masks")
         rows.append((name, label, f"case_{case:04d}"))
 
     tmp = labels_path.with_name(f".labels.csv.{os.getpid()}.tmp")

@@ -1,8 +1,10 @@
 """Bag grid and tissue selection (pure numpy, level-0 pixel coordinates).
 
 A bag is a ``bag_px`` x ``bag_px`` square of level-0 pixels on a non-overlapping
-grid that starts at the slide's top-left corner; bags that would cross the right or
-bottom edge are dropped (docs/mran-spec.md section 1).  Boxes are
+grid that starts at the slide's top-left corner.  Bags that would cross the right or
+bottom edge are dropped by the authors' rule (edge policy ``"drop"``, docs/mran-spec.md
+section 1) or kept as partial bags padded with white background (``"pad"``, the
+default of analysis: docs/edge-bags.md).  Boxes are
 ``[x0, y0, x1, y1]`` with ``x1``/``y1`` exclusive.
 
 Tissue is decided on a low-resolution RGB image of the whole slide (a pyramid
@@ -25,8 +27,10 @@ __all__ = [
     "MPP_PLAUSIBLE_RANGE",
     "TissueError",
     "TissueSelection",
+    "EDGE_POLICIES",
     "bag_grid",
     "bag_px_from_um",
+    "tissue_coverage",
     "otsu_threshold",
     "select_tissue_bags",
     "tissue_mask",
@@ -35,6 +39,16 @@ __all__ = [
 #: µm per pixel outside this range is treated as broken metadata (reliability.md fact 8).
 MPP_PLAUSIBLE_RANGE = (0.05, 20.0)
 METHODS = ("reference", "otsu")
+#: What happens to the partial bags at the right and bottom edges of the slide:
+#: ``"pad"`` keeps them (the part outside the slide reads as white background and the
+#: tissue rule decides), ``"drop"`` leaves them out (the authors' rule).
+EDGE_POLICIES = ("pad", "drop")
+
+
+def edge_policy(edge: Any) -> str:
+    if edge not in EDGE_POLICIES:
+        raise TissueError(f"unknown edge policy {edge!r}; expected one of {EDGE_POLICIES}")
+    return str(edge)
 
 
 class TissueError(MRANError, ValueError):
@@ -70,15 +84,26 @@ def _bag_px(bag_px: Any) -> int:
     return bag_px
 
 
-def bag_grid(level0_size: tuple[int, int], bag_px: int = 2048) -> np.ndarray:
-    """All whole bags of a slide, row-major (left to right, then top to bottom).
-
-    Returns an ``(rows * cols, 4)`` int64 array of ``[x0, y0, x1, y1]`` level-0
-    boxes with ``cols = width // bag_px`` and ``rows = height // bag_px``.
-    """
+def grid_shape(level0_size: tuple[int, int], bag_px: int, edge: str = "drop") -> tuple[int, int]:
+    """(rows, cols) of the bag grid: whole bags only (``"drop"``) or with the partial
+    edge bags (``"pad"``)."""
     width, height = _level0_size(level0_size)
     bag_px = _bag_px(bag_px)
-    cols, rows = width // bag_px, height // bag_px
+    if edge_policy(edge) == "pad":
+        return -(-height // bag_px), -(-width // bag_px)
+    return height // bag_px, width // bag_px
+
+
+def bag_grid(level0_size: tuple[int, int], bag_px: int = 2048, edge: str = "drop") -> np.ndarray:
+    """All bags of a slide, row-major (left to right, then top to bottom).
+
+    Returns an ``(rows * cols, 4)`` int64 array of ``[x0, y0, x1, y1]`` level-0
+    boxes with ``cols = width // bag_px`` and ``rows = height // bag_px`` (``edge="drop"``,
+    whole bags only) or rounded up (``edge="pad"``: the partial bags at the right and
+    bottom edges are included as full ``bag_px`` boxes that reach past the slide).
+    """
+    rows, cols = grid_shape(level0_size, bag_px, edge)
+    bag_px = _bag_px(bag_px)
     yy, xx = np.meshgrid(
         np.arange(rows, dtype=np.int64), np.arange(cols, dtype=np.int64), indexing="ij"
     )
@@ -331,6 +356,7 @@ def select_tissue_bags(
     min_valid_fraction: float = 0.5,
     min_tissue_fraction: float = 0.05,
     min_saturation: float = 0.05,
+    edge: str = "drop",
 ) -> TissueSelection:
     """Select the bags of the grid that hold tissue.
 
@@ -347,10 +373,14 @@ def select_tissue_bags(
     valid : optional (h, w) bool, False where the low-res image has no data (missing
         tiles).  Such pixels are excluded from the fractions; a bag whose valid
         fraction is ``< min_valid_fraction`` is dropped and reported in ``no_data``.
+    edge : ``"drop"`` (whole bags only, the authors' rule) or ``"pad"`` (partial edge
+        bags too; the part of such a bag outside the slide counts as valid white
+        background in the fractions, as the padded bag the model reads).
 
     Fractions are computed on the low-res pixels whose centres fall inside each bag
     (an approximation of the reference rule, which reads level 0).
     """
+    edge = edge_policy(edge)
     if method not in METHODS:
         raise TissueError(f"unknown tissue method {method!r}; expected one of {METHODS}")
     width, height = _level0_size(level0_size)
@@ -382,13 +412,20 @@ def select_tissue_bags(
 
     tissue, valid_mask, info = _pixel_masks(arr, method, white_level, valid, min_saturation)
 
-    grid = bag_grid((width, height), bag_px)
-    rows, cols = height // bag_px, width // bag_px
-    c0, c1 = _pixel_ranges(grid[:, 0].astype(np.float64), grid[:, 2].astype(np.float64), dx, w)
-    r0, r1 = _pixel_ranges(grid[:, 1].astype(np.float64), grid[:, 3].astype(np.float64), dy, h)
-    n_total = (r1 - r0) * (c1 - c0)
-    n_valid = _box_sums(valid_mask, r0, r1, c0, c1)
-    n_tissue = _box_sums(tissue, r0, r1, c0, c1)
+    grid = bag_grid((width, height), bag_px, edge)
+    rows, cols = grid_shape((width, height), bag_px, edge)
+    gx1 = np.minimum(grid[:, 2], width).astype(np.float64)  # the part inside the slide
+    gy1 = np.minimum(grid[:, 3], height).astype(np.float64)
+    c0, c1 = _pixel_ranges(grid[:, 0].astype(np.float64), gx1, dx, w)
+    r0, r1 = _pixel_ranges(grid[:, 1].astype(np.float64), gy1, dy, h)
+    n_total = ((r1 - r0) * (c1 - c0)).astype(np.float64)
+    n_valid = _box_sums(valid_mask, r0, r1, c0, c1).astype(np.float64)
+    n_tissue = _box_sums(tissue, r0, r1, c0, c1).astype(np.float64)
+    # padded edge bags: the outside part is white background with data
+    inside = (gx1 - grid[:, 0]) * (gy1 - grid[:, 1]) / float(bag_px * bag_px)
+    outside = np.where(inside > 0, n_total / np.maximum(inside, 1e-12) - n_total, 0.0)
+    n_total = n_total + outside
+    n_valid = n_valid + outside
     with np.errstate(divide="ignore", invalid="ignore"):
         valid_fraction = np.where(n_total > 0, n_valid / np.maximum(n_total, 1), 0.0)
         white_fraction = np.where(
@@ -413,6 +450,8 @@ def select_tissue_bags(
         "alpha_as_valid": arr.shape[2] == 4,
         "pixel_rule": "low-res pixels whose centres fall inside the bag box",
         "n_grid_bags": int(grid.shape[0]),
+        "edge": edge,
+        "n_partial_bags": int(np.count_nonzero(inside < 1.0)),
         "n_kept_bags": int(kept.sum()),
         "n_no_data_bags": int(no_data.sum()),
     }
@@ -437,3 +476,37 @@ def select_tissue_bags(
         method=method,
         parameters=parameters,
     )
+
+
+def tissue_coverage(
+    lowres: np.ndarray,
+    downsample: tuple[float, float],
+    boxes: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    glass_level: int = 220,
+) -> tuple[float, int]:
+    """Fraction of the slide's tissue that lies inside ``boxes`` (level-0), and the
+    number of tissue pixels it was measured on.
+
+    Tissue here is any low-res pixel that is not glass (some channel <= ``glass_level``)
+    and holds data.  Used to state how much of the tissue an analysis covered (the
+    authors' edge rule leaves the partial bags at the right and bottom edges out).
+    Returns ``(1.0, 0)`` when the image has no tissue pixel at all.
+    """
+    arr = _check_lowres(lowres)
+    mask = ~np.all(arr[..., :3] > int(glass_level), axis=2) & _valid_mask(arr, valid)
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        return 1.0, 0
+    h, w = mask.shape
+    dx, dy = (float(v) for v in downsample)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if b.shape[0] == 0:
+        return 0.0, total
+    c0, c1 = _pixel_ranges(b[:, 0], b[:, 2], dx, w)
+    r0, r1 = _pixel_ranges(b[:, 1], b[:, 3], dy, h)
+    covered = np.zeros((h, w), dtype=bool)
+    for a0, a1, e0, e1 in zip(r0, r1, c0, c1):  # boxes may be many but never overlap much
+        covered[a0:a1, e0:e1] = True
+    return float(np.count_nonzero(mask & covered)) / total, total

@@ -66,7 +66,7 @@ def test_analyze_writes_store_and_exports(tmp_path, capsys, two_bag_slide, model
     gj = json.loads((out / f"{stem}.bags.geojson").read_text())
     assert len(gj["features"]) == 2
     assert (out / f"{stem}.patches.csv").read_text().count("\n") == 1 + 2 * 64
-    assert tifffile.imread(out / f"{stem}.patch-attention.ome.tif").shape == (8, 16)
+    assert tifffile.imread(out / f"{stem}.patch-attention-global.ome.tif").shape == (8, 16)
     assert (out / f"{stem}.overview.png").read_bytes()[:4] == b"\x89PNG"
     # a second run refuses before computing, and leaves the first run's files as they were
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -198,8 +198,14 @@ def test_export_refuses_existing_and_bad_input(tmp_path, capsys, two_bag_slide, 
     assert [os.path.basename(p) for p in written] == [
         "two=bags.bags.csv", "two=bags.patches.csv", "two=bags.cells.csv",
         "two=bags.overview.png"]
+    # the same export again: every file is already there with this content, kept as is
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    # one existing file: refused before anything is written, nothing changed
+    assert main(["export", str(store), "--format", "csv"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["unchanged"]) == 3
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # one existing file with other content: refused before anything is written
+    (out / "two=bags.bags.csv").write_text("edited by the user\n")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["export", str(store), "--format", "geojson,csv"]) == 2
     err = capsys.readouterr().err
     assert "two=bags.bags.csv" in err and "already exists" in err

@@ -69,7 +69,7 @@ def listing(folder: Path) -> list[str]:
 def test_arrays_are_canonical_dtypes():
     r = make_result()
     assert r.boxes.dtype == np.int64 and r.cell_probs.dtype == np.float32
-    assert r.n_bags == 3 and r.n_classes == 2 and r.grid_shape == (2, 3)
+    assert r.n_bags == 3 and r.n_classes == 2 and r.grid_shape == (3, 4)  # 5000 x 7000 px: partial edge bags included
     np.testing.assert_array_equal(r.bag_rc, [[0, 0], [1, 2], [0, 1]])
     assert r.slide_name == "slide.svs"
 
@@ -82,7 +82,7 @@ def test_arrays_are_canonical_dtypes():
         ({"slide_probs": np.zeros(3)}, "slide_probs has shape"),
         ({"boxes": [[0, 0, 2048, 2048], [1, 0, 2049, 2048], [2048, 0, 4096, 2048]]}, "bag grid"),
         ({"boxes": [[0, 0, 2048, 2048], [0, 0, 2048, 2048], [2048, 0, 4096, 2048]]}, "same bag"),
-        ({"boxes": [[0, 0, 2048, 2048], [6144, 0, 8192, 2048], [2048, 0, 4096, 2048]]}, "outside"),
+        ({"boxes": [[0, 0, 2048, 2048], [8192, 0, 10240, 2048], [2048, 0, 4096, 2048]]}, "outside"),
         (
             {"boxes": [[0, 0, 1024, 1024], [2048, 2048, 3072, 3072], [1024, 0, 2048, 1024]]},
             "2048 x 2048",
@@ -279,7 +279,7 @@ def test_save_into_missing_folder(tmp_path):
 def test_bag_heatmap_affine_maps_pixels_to_bag_boxes():
     r = make_result()
     h = r.heatmap("bag")
-    assert h.data.shape == (2, 3) and h.data.dtype == np.float32
+    assert h.data.shape == (3, 4) and h.data.dtype == np.float32  # partial edge bags too
     assert h.scale == (2048.0, 2048.0) and h.translate == (0.0, 0.0)
     for i, box in enumerate(r.boxes):
         row, col = h.index_at((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
@@ -405,8 +405,9 @@ def test_large_slide_cell_heatmap_is_one_array():
     t = time.perf_counter()
     h = r.heatmap("cell", "global")
     elapsed = time.perf_counter() - t
-    assert h.data.shape == (rows * 32, cols * 32) == (1536, 1536)
-    assert np.isfinite(h.data).all()
+    # the grid covers the slide: 49 x 49 bags, the last row and column partial (no bags)
+    assert h.data.shape == ((rows + 1) * 32, (cols + 1) * 32) == (1568, 1568)
+    assert np.isfinite(h.data[:1536, :1536]).all() and np.isnan(h.data[1536:]).all()
     assert elapsed < 5  # generous: it is a handful of vectorised numpy calls
 
 

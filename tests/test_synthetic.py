@@ -373,11 +373,15 @@ def test_make_cohort(tmp_path):
     for row in rows:
         slide = out / row["slide"]
         assert slide.exists() and not Path(row["slide"]).is_absolute()
-        mask = tifffile.imread(slide.with_name(slide.stem + ".mask.tif"))
+        mask = tifffile.imread(out / "masks" / (slide.stem + ".mask.tif"))
         assert row["label"] in ("0", "1")
         assert bool(mask.any()) == (row["label"] == "1")
         cases.setdefault(row["case"], set()).add(row["label"])
     assert len(cases) == 3 and all(len(v) == 1 for v in cases.values())
+    # the masks are not beside the slides, where `predict FOLDER` would take them for slides
+    assert not list(out.glob("*.mask.tif"))
+    from napari_mran.cohort import expand_slides
+    assert sorted(Path(p).name for p in expand_slides([out])) == sorted(r["slide"] for r in rows)
     n_pos = sum("1" in v for v in cases.values())
     assert n_pos in (1, 2)  # round(0.5 * 3)
 

@@ -243,6 +243,9 @@ def model_summary(model) -> tuple[str, str]:
         parts.append(f"provenance: {html.escape(keys)}" + (" …" if len(prov) > 4 else ""))
     else:
         parts.append("provenance: none recorded (untrained or test model?)")
+    if getattr(model, "is_demo", False):
+        parts.insert(0, "<span style='color:#e66'><b>DEMO model</b>: trained on synthetic "
+                        "slides, not for diagnosis</span>")
     sha = getattr(model, "checkpoint_sha256", None)
     full = {"classes": list(cfg.class_names), "width": cfg.width, "bag_px": cfg.bag_px,
             "source": str(source) if source else None, "sha256": sha, "provenance": prov}
@@ -569,6 +572,19 @@ class AnalyzeSlideWidget(QWidget):
         self.tissue_combo.setToolTip("reference: MRAN's white-fraction rule per bag; Otsu: "
                                      "an Otsu threshold on the low-resolution slide")
         form.addRow("Tissue", self.tissue_combo)
+
+        self.edge_combo = QComboBox()
+        self.edge_combo.addItem("pad (whole tissue)", "pad")
+        self.edge_combo.addItem("drop (authors' rule)", "drop")
+        self.edge_combo.setToolTip("Partial bags at the right and bottom edges: pad = analysed "
+                                   "with white outside the slide; drop = left out, as the "
+                                   "MRAN authors did (exact reproduction)")
+        form.addRow("Edge bags", self.edge_combo)
+        self.allow_check = QCheckBox("analyse input that is not brightfield H&E")
+        self.allow_check.setToolTip("By default a slide that fails the brightfield H&E check "
+                                    "(fluorescence, grey, other stains) is refused; the "
+                                    "override is recorded in provenance")
+        form.addRow("Input check", self.allow_check)
 
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(0, 256)
@@ -960,8 +976,8 @@ class AnalyzeSlideWidget(QWidget):
         self.analyze_btn.setToolTip(why)
         self.cancel_btn.setEnabled(running and self._run.state == "running")
         for w in (self.model_combo, self.model_browse, self.device_combo, self.bag_px,
-                  self.bag_um, self.bag_unit, self.tissue_combo, self.batch_spin,
-                  self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
+                  self.bag_um, self.bag_unit, self.tissue_combo, self.edge_combo,
+                  self.allow_check, self.batch_spin, self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
             w.setEnabled(not running)
         self.slide_combo.setEnabled(not running and self.slide_combo.count() > 0)
 
@@ -996,6 +1012,8 @@ class AnalyzeSlideWidget(QWidget):
     def analysis_options(self) -> dict:
         opts: dict[str, Any] = {
             "tissue_method": self.tissue_combo.currentData(),
+            "edge": self.edge_combo.currentData(),
+            "allow_non_brightfield": self.allow_check.isChecked(),
             "device": self.device_combo.currentData(),
             "batch_size": self.batch_spin.value() or "auto",
             "compile": self.compile_combo.currentData(),
@@ -1025,6 +1043,8 @@ class AnalyzeSlideWidget(QWidget):
             return
         cancel = threading.Event()
         name = os.path.basename(slide.path)
+        if getattr(self._model, "is_demo", False):  # the layer names say so
+            name += f" {L.DEMO_TAG}"
         worker = create_worker(analysis_job, slide, self._model, options, cancel, folder,
                                slide_stem(slide.path), leave_one_core=True, _ignore_errors=True)
         run = _Run(worker=worker, cancel=cancel, slide_layer=slide_layer, slide_name=name,
@@ -1515,10 +1535,16 @@ class AnalyzeSlideWidget(QWidget):
             for n, p in probs)
         extra = " <span style='color:#e96'>(degraded: some bags failed)</span>" \
             if result.degraded else ""
+        tissue = result.provenance.get("tissue") or {}
+        cover = tissue.get("coverage")
+        cover_text = "" if cover is None else (
+            f" · {cover:.0%} of the tissue analysed (edge bags: {tissue.get('edge', 'drop')})")
+        demo = ("<br><span style='color:#e66'><b>DEMO model</b>: trained on synthetic slides; "
+                "a demonstration, not a diagnosis</span>") if L.result_is_demo(result) else ""
         self.prediction_label.setText(
-            f"<b>Slide prediction: {html.escape(top_name)} ({top_p:.2f})</b>{extra}"
-            f"<table>{rows}</table><small>{result.n_bags} bags of {result.bag_px} px · "
-            f"{html.escape(result.slide_name)}</small>")
+            f"<b>Slide prediction: {html.escape(top_name)} ({top_p:.2f})</b>{extra}{demo}"
+            f"<table>{rows}</table><small>{result.n_bags} bags of {result.bag_px} px"
+            f"{cover_text} · {html.escape(result.slide_name)}</small>")
         self._set_result_enabled(True)
         self._apply_display(refresh_data=refresh_layers)
         self._fill_top_table()

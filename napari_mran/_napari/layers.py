@@ -144,8 +144,8 @@ class SlideFrame:
 
 def grid_shape(slide_size: tuple[int, int], bag_px: int) -> tuple[int, int]:
     """(rows, cols) of the bag grid, as :attr:`SlideResult.grid_shape`."""
-    w, h = slide_size
-    return (int(h) // int(bag_px), int(w) // int(bag_px))
+    w, h = (int(v) for v in slide_size)
+    return (-(-h // int(bag_px)), -(-w // int(bag_px)))
 
 
 def level_geometry(level: str, bag_px: int) -> Heatmap:
@@ -221,6 +221,16 @@ def keep_top_fraction(data: np.ndarray, percent: float) -> np.ndarray:
     cut = float(np.percentile(out[finite], 100.0 - max(0.0, float(percent))))
     out[finite & (out < cut)] = np.nan
     return out
+
+
+#: appended to the layer names of results made with the bundled demo model
+DEMO_TAG = "[DEMO model]"
+
+
+def result_is_demo(result: SlideResult) -> bool:
+    """Whether *result* was computed with the bundled synthetic demo model."""
+    model = (result.provenance or {}).get("model") or {}
+    return bool(model.get("demo")) if isinstance(model, dict) else False
 
 
 def result_metadata(result: SlideResult, role: str, **extra) -> dict:
@@ -356,6 +366,8 @@ def result_layer_data(result: SlideResult, frame: SlideFrame | None = None, *,
     attention, top bags.  Names are ``"<slide> <role>"``."""
     frame = frame or SlideFrame.from_result(result)
     name = slide_name or result.slide_name or "slide"
+    if result_is_demo(result) and DEMO_TAG not in name:
+        name += f" {DEMO_TAG}"
     extra = {"mran_frame": frame, **(extra_metadata or {})}
     out = []
     boxes = np.concatenate([result.boxes, result.failed_boxes]).reshape(-1, 4)
