@@ -104,3 +104,93 @@ def patch(path, offset: int, raw: bytes) -> None:
     data = bytearray(Path(path).read_bytes())
     data[offset:offset + len(raw)] = raw
     Path(path).write_bytes(bytes(data))
+
+
+# ----------------------------------------------------------------- SubIFD pyramids
+def write_subifd_pyramid(path, image: np.ndarray, n_levels=3, tile=64, compression="jpeg",
+                         ome=False, physical_size=None, resolution=None,
+                         bigtiff=False) -> Path:
+    """A pyramid as tifffile (and OME converters) store it: level 0 in the main IFD chain,
+    levels 1.. as its SubIFDs (tifffile also chains each SubIFD to the next one).
+
+    ``physical_size``: (value, unit) written as OME PhysicalSizeX/Y (needs ``ome=True``);
+    ``resolution``: µm/px written as TIFF X/YResolution in centimetres.
+    """
+    photometric = "rgb" if image.ndim == 3 else "minisblack"
+    common = dict(tile=(tile, tile), compression=compression, photometric=photometric)
+    if resolution is not None:
+        common.update(resolution=(1e4 / resolution, 1e4 / resolution),
+                      resolutionunit="CENTIMETER")
+    metadata = None
+    if ome:
+        metadata = {"axes": "YXS" if image.ndim == 3 else "YX"}
+        if physical_size is not None:
+            value, unit = physical_size
+            metadata.update(PhysicalSizeX=value, PhysicalSizeY=value,
+                            PhysicalSizeXUnit=unit, PhysicalSizeYUnit=unit)
+    with tifffile.TiffWriter(path, ome=ome, bigtiff=bigtiff) as tw:
+        tw.write(image, subifds=n_levels - 1, metadata=metadata, **common)
+        for i in range(1, n_levels):
+            tw.write(image[::2**i, ::2**i], subfiletype=1, metadata=None, **common)
+    return Path(path)
+
+
+def subifd_offsets(path, page: int = 0) -> list[int]:
+    """The SubIFD offsets listed by main-chain page ``page`` (classic LE TIFF)."""
+    data = Path(path).read_bytes()
+    _, _, count, value = find_tag(path, page, 330)
+    if count == 1:
+        return [value]
+    return list(struct.unpack(f"<{count}I", data[value:value + 4 * count]))
+
+
+def set_next_at(path, ifd_offset: int, target: int) -> None:
+    """Point the next-IFD offset of the IFD at byte ``ifd_offset`` at ``target``."""
+    data = bytearray(Path(path).read_bytes())
+    n = struct.unpack("<H", data[ifd_offset:ifd_offset + 2])[0]
+    end = ifd_offset + 2 + 12 * n
+    data[end:end + 4] = struct.pack("<I", target)
+    Path(path).write_bytes(bytes(data))
+
+
+def next_at(path, ifd_offset: int) -> int:
+    """The next-IFD offset stored in the IFD at byte ``ifd_offset``."""
+    data = Path(path).read_bytes()
+    n = struct.unpack("<H", data[ifd_offset:ifd_offset + 2])[0]
+    end = ifd_offset + 2 + 12 * n
+    return struct.unpack("<I", data[end:end + 4])[0]
+
+
+def set_tile_bytecount(path, page: int, index: int, nbytes: int) -> int:
+    """Rewrite in place the TileByteCounts (or StripByteCounts) entry ``index`` of a
+    main-chain page (classic LE TIFF); return the count it had."""
+    data = Path(path).read_bytes()
+    for code in (325, 279):
+        try:
+            entry, dtype, count, value = find_tag(path, page, code)
+            break
+        except KeyError:
+            continue
+    size, fmt = {3: (2, "<H"), 4: (4, "<I")}[dtype]
+    at = entry + 8 if count * size <= 4 else value
+    at += index * size
+    old = struct.unpack(fmt, data[at:at + size])[0]
+    patch(path, at, struct.pack(fmt, nbytes))
+    return old
+
+
+def set_description(path, page: int, text: str) -> None:
+    """Give main-chain page ``page`` a new ImageDescription: the text is appended to the
+    file and the tag's count and offset are pointed at it (classic LE TIFF)."""
+    raw = text.encode() + b"\x00"
+    end = Path(path).stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(b"\x00" * (end % 2) + raw)
+    entry, _, _, _ = find_tag(path, page, 270)
+    patch(path, entry + 4, struct.pack("<II", len(raw), end + end % 2))
+
+
+def rename_tag(path, page: int, code: int, new_code: int) -> None:
+    """Change the code of tag ``code`` of main-chain page ``page`` (its value is kept)."""
+    entry, _, _, _ = find_tag(path, page, code)
+    patch(path, entry, struct.pack("<H", new_code))

@@ -37,6 +37,7 @@ class TiffStructure:
     n_pages: int
     file_size: int
     warnings: list[str] = field(default_factory=list)
+    n_subifds: int = 0  # distinct SubIFDs (pyramid levels of OME/tifffile pyramids)
 
 
 def sniff(path: str) -> str:
@@ -68,116 +69,187 @@ def sniff(path: str) -> str:
 
 def walk_ifds(path: str, *, max_pages: int = MAX_PAGES,
               max_tags: int = MAX_TAGS_PER_IFD) -> TiffStructure:
-    """Walk the main IFD chain (and SubIFD offsets) of a TIFF/BigTIFF file.
+    """Walk the main IFD chain and the SubIFD trees of a TIFF/BigTIFF file.
 
-    Raises CorruptSlideError for loops, offsets past the end of the file,
-    empty IFDs and tags whose data lies past the end of the file;
-    ResourceLimitError for more than ``max_pages`` pages or ``max_tags`` tags.
-    Reads at most one IFD (entries only, not tag data) per page.
+    Raises CorruptSlideError for loops, offsets past the end of the file, empty
+    IFDs, unwritten (zero) SubIFD offsets and tags whose data lies past the end of
+    the file; ResourceLimitError for more than ``max_pages`` pages and SubIFDs (or
+    SubIFD references) in all, or ``max_tags`` tags in one IFD.  Reads each IFD
+    once (entries only, not tag data), so time and memory are bounded by the caps.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
+        reader = _IfdReader(fh, path, size, max_tags=max_tags, max_refs=max_pages)
+        main, roots = _walk_main_chain(reader, max_pages)
+        n_sub = _walk_subifds(reader, main, roots, max_pages)
+    return TiffStructure(bigtiff=reader.bigtiff, byteorder=reader.bo, n_pages=len(main),
+                         file_size=size, warnings=reader.warnings, n_subifds=n_sub)
+
+
+def _walk_main_chain(reader: "_IfdReader", max_pages: int) -> tuple[dict[int, int], list]:
+    """Follow the next-IFD pointers from the header; return {offset: page index} and
+    the (SubIFD offset, page index) pairs the pages list."""
+    main: dict[int, int] = {}
+    roots: list[tuple[int, int]] = []
+    offset = reader.first
+    while offset:
+        if offset in main:
+            raise CorruptSlideError(
+                reader.path, f"the IFD chain loops back to offset {offset} (page "
+                f"{main[offset]}, after page {len(main) - 1}); the file is damaged or hostile")
+        if len(main) >= max_pages:
+            raise ResourceLimitError(
+                reader.path, f"more than {max_pages} pages in the IFD chain; refusing")
+        index = main[offset] = len(main)
+        offset, subifds = reader.read(offset, f"page {index}")
+        roots.extend((sub, index) for sub in subifds)
+    if not main:
+        raise CorruptSlideError(reader.path, "the TIFF has no pages")
+    return main, roots
+
+
+def _walk_subifds(reader: "_IfdReader", main: dict[int, int], roots: list[tuple[int, int]],
+                  max_pages: int) -> int:
+    """Depth-first walk of the SubIFD trees; return how many distinct SubIFDs there are.
+
+    A SubIFD's children are the IFD its next pointer names and the SubIFDs it lists.
+    tifffile lists every pyramid level in the SubIFDs tag *and* chains each level to
+    the next, so an IFD reached again after its walk finished is shared, not a loop.
+    Reaching an IFD still on the current path is a loop; reaching a main-chain page
+    is refused too (a cycle when that page is the parent or before it).
+    """
+    on_path: set[int] = set()
+    done: set[int] = set()
+
+    def enter(offset: int, page: int):
+        if offset in main:
+            k = main[offset]
+            how = "loops back into" if k <= page else "points into"
+            raise CorruptSlideError(
+                reader.path, f"a SubIFD of page {page} {how} the main IFD chain (page {k} "
+                f"at byte {offset}); the file is damaged or hostile")
+        if len(main) + len(done) + len(on_path) >= max_pages:
+            raise ResourceLimitError(
+                reader.path, f"more than {max_pages} pages including SubIFDs; refusing")
+        on_path.add(offset)
+        nxt, subifds = reader.read(offset, f"SubIFD at byte {offset} (page {page})")
+        return iter(([nxt] if nxt else []) + subifds)
+
+    for root, page in roots:
+        if root in done:
+            continue
+        stack = [(root, enter(root, page))]
+        while stack:
+            offset, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.discard(offset)
+                done.add(offset)
+            elif child in on_path:
+                raise CorruptSlideError(
+                    reader.path, f"the SubIFD chain of page {page} loops back to offset {child}; "
+                    "the file is damaged or hostile")
+            elif child not in done:
+                stack.append((child, enter(child, page)))
+    return len(done)
+
+
+class _IfdReader:
+    """Reads and checks single IFDs of an open TIFF/BigTIFF (entries, not tag data)."""
+
+    def __init__(self, fh, path: str, size: int, *, max_tags: int, max_refs: int):
+        self.fh, self.path, self.size = fh, path, size
+        self.max_tags, self.max_refs = max_tags, max_refs
+        self.refs = 0  # SubIFD offsets listed so far, in all IFDs
+        self.warnings: list[str] = []
         header = fh.read(16)
         if len(header) < 8:
             raise CorruptSlideError(path, f"TIFF header cut short ({size} bytes)")
-        bo = "<" if header[:2] == b"II" else ">"
-        version = struct.unpack(bo + "H", header[2:4])[0]
-        if version == 43:
+        bo = self.bo = "<" if header[:2] == b"II" else ">"
+        self.bigtiff = struct.unpack(bo + "H", header[2:4])[0] == 43
+        if self.bigtiff:
             if len(header) < 16:
                 raise CorruptSlideError(path, "BigTIFF header cut short")
             offsize = struct.unpack(bo + "H", header[4:6])[0]
             if offsize != 8:
                 raise CorruptSlideError(path, f"BigTIFF offset size {offsize} is not 8")
-            first = struct.unpack(bo + "Q", header[8:16])[0]
-            count_fmt, count_size, entry_size, off_fmt = "Q", 8, 20, "Q"
+            self.first = struct.unpack(bo + "Q", header[8:16])[0]
+            self.count_fmt, self.entry_size, self.off_fmt = "Q", 20, "Q"
         else:
-            first = struct.unpack(bo + "I", header[4:8])[0]
-            count_fmt, count_size, entry_size, off_fmt = "H", 2, 12, "I"
-        off_size = struct.calcsize(off_fmt)
-        inline = off_size  # values up to this many bytes are stored in the entry
-        visited: set[int] = set()
-        pending_subifds: list[int] = []
-        warnings: list[str] = []
-        offset = first
-        n_pages = 0
+            self.first = struct.unpack(bo + "I", header[4:8])[0]
+            self.count_fmt, self.entry_size, self.off_fmt = "H", 12, "I"
+        self.count_size = struct.calcsize(self.count_fmt)
+        self.off_size = struct.calcsize(self.off_fmt)  # values this small sit in the entry
 
-        def read_ifd(offset: int, what: str) -> int:
-            """Check one IFD; return the offset of the next one."""
-            if offset in visited:
-                raise CorruptSlideError(
-                    path, f"the IFD chain loops back to offset {offset} ({what}); "
-                    "the file is damaged or hostile")
-            visited.add(offset)
-            if offset < 8 or offset + count_size > size:
-                raise CorruptSlideError(
-                    path, f"{what} starts at byte {offset}, past the end of the "
-                    f"{size}-byte file (truncated?)")
-            fh.seek(offset)
-            count = struct.unpack(bo + count_fmt, fh.read(count_size))[0]
-            if count == 0:
-                raise CorruptSlideError(path, f"{what} at byte {offset} has no tags")
-            if count > max_tags:
-                raise ResourceLimitError(
-                    path, f"{what} declares {count} tags (limit {max_tags}); refusing "
-                    "a hostile or damaged file")
-            nbytes = count * entry_size + off_size
-            if offset + count_size + nbytes > size:
-                raise CorruptSlideError(
-                    path, f"{what} at byte {offset} runs past the end of the file "
-                    "(truncated?)")
-            raw = fh.read(nbytes)
-            for i in range(count):
-                entry = raw[i * entry_size:(i + 1) * entry_size]
-                if count_fmt == "H":
-                    code, dtype, n = struct.unpack(bo + "HHI", entry[:8])
-                else:
-                    code, dtype, n = struct.unpack(bo + "HHQ", entry[:12])
-                tsize = _TYPE_SIZES.get(dtype)
-                if tsize is None:
-                    warnings.append(f"{what}: tag {code} has unknown type {dtype}")
-                    continue
-                total = tsize * n
-                if total > inline:
-                    value_off = struct.unpack(bo + off_fmt, entry[-off_size:])[0]
-                    if value_off + total > size:
-                        raise CorruptSlideError(
-                            path, f"{what}: tag {code} claims {n} values "
-                            f"({total} bytes at byte {value_off}), past the end of the "
-                            f"{size}-byte file")
-                    if code == _SUBIFDS_TAG and dtype in (4, 13, 16, 18) and n <= max_pages:
-                        fh_pos = fh.tell()
-                        fh.seek(value_off)
-                        fmt = "I" if tsize == 4 else "Q"
-                        pending_subifds.extend(
-                            struct.unpack(bo + fmt * n, fh.read(total)))
-                        fh.seek(fh_pos)
-                elif code == _SUBIFDS_TAG and n >= 1 and dtype in (4, 13, 16, 18):
-                    fmt = "I" if tsize == 4 else "Q"
-                    pending_subifds.extend(
-                        struct.unpack(bo + fmt * n, entry[-off_size:][:total]))
-            return struct.unpack(bo + off_fmt, raw[-off_size:])[0]
+    def read(self, offset: int, what: str) -> tuple[int, list[int]]:
+        """Check the IFD at ``offset``; return (next IFD offset, SubIFD offsets it lists)."""
+        bo, size = self.bo, self.size
+        if offset < 8 or offset + self.count_size > size:
+            where = "inside the file header" if offset < 8 else "past the end of the file"
+            raise CorruptSlideError(
+                self.path, f"{what} starts at byte {offset}, {where} ({size}-byte file, "
+                "truncated?)")
+        self.fh.seek(offset)
+        count = struct.unpack(bo + self.count_fmt, self.fh.read(self.count_size))[0]
+        if count == 0:
+            raise CorruptSlideError(self.path, f"{what} at byte {offset} has no tags")
+        if count > self.max_tags:
+            raise ResourceLimitError(
+                self.path, f"{what} declares {count} tags (limit {self.max_tags}); refusing "
+                "a hostile or damaged file")
+        nbytes = count * self.entry_size + self.off_size
+        if offset + self.count_size + nbytes > size:
+            raise CorruptSlideError(
+                self.path, f"{what} at byte {offset} runs past the end of the file "
+                "(truncated?)")
+        raw = self.fh.read(nbytes)
+        subifds: list[int] = []
+        for i in range(count):
+            entry = raw[i * self.entry_size:(i + 1) * self.entry_size]
+            found = self._check_entry(entry, what)
+            if found is not None:
+                subifds = found
+        return struct.unpack(bo + self.off_fmt, raw[-self.off_size:])[0], subifds
 
-        while offset:
-            n_pages += 1
-            if n_pages > max_pages:
-                raise ResourceLimitError(
-                    path, f"more than {max_pages} pages in the IFD chain; refusing")
-            offset = read_ifd(offset, f"page {n_pages - 1}")
-        if n_pages == 0:
-            raise CorruptSlideError(path, "the TIFF has no pages")
-        # SubIFDs (OME-style pyramids): each may itself chain on.
-        n_sub = 0
-        while pending_subifds:
-            sub = pending_subifds.pop()
-            n_sub += 1
-            if n_pages + n_sub > max_pages:
-                raise ResourceLimitError(
-                    path, f"more than {max_pages} pages including SubIFDs; refusing")
-            nxt = read_ifd(sub, f"SubIFD {n_sub - 1}")
-            if nxt:
-                pending_subifds.append(nxt)
-    return TiffStructure(bigtiff=version == 43, byteorder=bo, n_pages=n_pages,
-                         file_size=size, warnings=warnings)
+    def _check_entry(self, entry: bytes, what: str) -> list[int] | None:
+        """Check that a tag's data lies inside the file; return the offsets of a SubIFDs tag."""
+        bo, off_size = self.bo, self.off_size
+        if self.count_fmt == "H":
+            code, dtype, n = struct.unpack(bo + "HHI", entry[:8])
+        else:
+            code, dtype, n = struct.unpack(bo + "HHQ", entry[:12])
+        tsize = _TYPE_SIZES.get(dtype)
+        if tsize is None:
+            self.warnings.append(f"{what}: tag {code} has unknown type {dtype}")
+            return None
+        total = tsize * n
+        inline = total <= off_size
+        value_off = None if inline else struct.unpack(bo + self.off_fmt, entry[-off_size:])[0]
+        if value_off is not None and value_off + total > self.size:
+            raise CorruptSlideError(
+                self.path, f"{what}: tag {code} claims {n} values ({total} bytes at byte "
+                f"{value_off}), past the end of the {self.size}-byte file")
+        if code != _SUBIFDS_TAG or dtype not in (4, 13, 16, 18) or n == 0:
+            return None
+        self.refs += n
+        if self.refs > self.max_refs:
+            raise ResourceLimitError(
+                self.path, f"{what} lists {n} SubIFDs ({self.refs} SubIFD references in "
+                f"all, limit {self.max_refs}); refusing a hostile or damaged file")
+        if inline:
+            data = entry[-off_size:][:total]
+        else:
+            pos = self.fh.tell()
+            self.fh.seek(value_off)
+            data = self.fh.read(total)
+            self.fh.seek(pos)
+        offsets = list(struct.unpack(bo + ("I" if tsize == 4 else "Q") * n, data))
+        if 0 in offsets:
+            raise CorruptSlideError(
+                self.path, f"{what} lists SubIFD {offsets.index(0)} at offset 0 (never "
+                "written: the file is incomplete)")
+        return offsets
 
 
 def check_path(path: str) -> int:

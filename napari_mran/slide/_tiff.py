@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,6 +36,12 @@ MAX_SEGMENT_BYTES = 256 * 2**20
 #: Largest associated image (label/macro/thumbnail) we agree to decode.
 MAX_ASSOCIATED_BYTES = 64 * 2**20
 
+#: TIFF compressions whose tiles are JPEG streams decoded by libjpeg, which fills a
+#: stream cut short with grey and reports no error (JPEG, DNG JPEG, Aperio, lossy JPEG).
+JPEG_COMPRESSIONS = frozenset({7, 99, 33007, 34892})
+_EOI = b"\xff\xd9"
+_RST = frozenset(bytes((0xFF, 0xD0 + k)) for k in range(8))
+
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 
@@ -48,17 +56,109 @@ def decode_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-class _LogCapture(logging.Handler):
-    """Collects tifffile's ERROR/WARNING log records while a file is opened."""
+def jpeg_tail_damage(tail: bytes, nbytes: int, spliced: bool = False) -> str | None:
+    """Why a JPEG-coded tile of ``nbytes`` bytes is cut short, judged from its last
+    (up to 64) bytes ``tail``; None when it ends as a JPEG stream must.
+
+    A JPEG stream ends with the EOI marker (FF D9); a restart interval spliced onto a
+    shared header (NDPI, ``spliced``) ends with EOI or a restart marker (FF D0-D7).
+    Inside entropy-coded data every FF byte is followed by 00 (or a restart marker),
+    so a stream cut anywhere ends without these two bytes.  Zero padding after the
+    marker is tolerated.  Costs a 2-byte compare per tile.
+    """
+    end = tail[-2:]
+    if end == _EOI or (spliced and end in _RST):
+        return None
+    end = tail.rstrip(b"\x00")[-2:]
+    if end == _EOI or (spliced and end in _RST):
+        return None
+    return (f"JPEG data cut short ({nbytes} bytes, no end-of-image marker): "
+            "damaged tile or byte count")
+
+
+#: Distinct tifffile messages kept per slide; further ones are counted in one line.
+MAX_LOG_MESSAGES = 20
+_TIFF_REPR = re.compile(r"<tifffile\.(\w+)[^>]*>\s*")
+_NUMBER = re.compile(r"\d+")
+_LOG_LOCK = threading.Lock()
+_ACTIVE: list["_LogCapture"] = []  # captures whose slide is inside a tifffile call
+_LOCAL = threading.local()
+
+
+def _clean(message: str) -> str:
+    """A tifffile message without object reprs: ``<tifffile.TiffFile 'a.tif'> x`` -> ``x``,
+    ``<tifffile.TiffPage 3 @1234> x`` -> ``TiffPage: x``."""
+    text = _TIFF_REPR.sub(lambda m: "" if m.group(1) == "TiffFile" else f"{m.group(1)}: ",
+                          message)
+    return " ".join(text.split())[:300]
+
+
+class _LogCapture:
+    """tifffile's WARNING/ERROR log records for one slide, counted per distinct message.
+
+    Messages that differ only in numbers (offsets, page or IFD indexes) count as one;
+    the first one is kept as the text shown.
+    """
 
     def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.errors: list[str] = []
-        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[bool, str], list] = {}  # (is error, key) -> [text, count]
 
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        (self.errors if record.levelno >= logging.ERROR else self.warnings).append(msg)
+    def add(self, record: logging.LogRecord) -> None:
+        text = _clean(record.getMessage())
+        key = (record.levelno >= logging.ERROR, _NUMBER.sub("#", text))
+        with self._lock:
+            if key not in self._seen and len(self._seen) >= MAX_LOG_MESSAGES:
+                key = (key[0], "")
+                text = "further distinct messages"
+            self._seen.setdefault(key, [text, 0])[1] += 1
+
+    def lines(self, errors: bool = False) -> list[str]:
+        """One line per distinct message: ``text`` or ``text (xN)``."""
+        with self._lock:
+            items = [v for (is_error, _), v in self._seen.items() if is_error == errors]
+        return [text + (f" (x{n})" if n > 1 else "") for text, n in items]
+
+    @contextmanager
+    def active(self):
+        """Route tifffile's records to this capture while the block runs (see _LogRouter)."""
+        previous = getattr(_LOCAL, "capture", None)
+        _LOCAL.capture = self
+        with _LOG_LOCK:
+            _ACTIVE.append(self)
+        try:
+            yield self
+        finally:
+            with _LOG_LOCK:
+                _ACTIVE.remove(self)
+            _LOCAL.capture = previous
+
+
+class _LogRouter(logging.Filter):
+    """A filter on the ``tifffile`` logger, installed once.
+
+    While one of our slides is inside a call into tifffile, the logger's WARNING and
+    ERROR records are counted in that slide's capture and dropped (never printed raw,
+    whatever logging the application configured); anyone else's records pass untouched.
+    tifffile and zarr also decode in threads they start (zarr's I/O loop): records from
+    a thread without a capture of its own go to the most recently activated one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        capture = getattr(_LOCAL, "capture", None)
+        if capture is None:
+            with _LOG_LOCK:
+                capture = _ACTIVE[-1] if _ACTIVE else None
+        if capture is None:
+            return True
+        capture.add(record)
+        return False
+
+
+_ROUTER = _LogRouter()
+logging.getLogger("tifffile").addFilter(_ROUTER)  # once: modules are imported once
 
 
 @dataclass
@@ -68,7 +168,7 @@ class RegionRead:
     pixels: np.ndarray              # (h, w, 3) uint8
     valid: np.ndarray | None        # (h, w) bool, None when every pixel has data
     missing_tiles: int = 0          # zero-length tiles (no data)
-    failed_tiles: list[str] | None = None  # reasons of tiles that failed to decode
+    failed_tiles: list[str] | None = None  # reasons of tiles that failed to decode or are damaged
 
 
 @dataclass
@@ -84,6 +184,12 @@ class _Level:
     counts: np.ndarray
     direct: bool         # the pread+decode path applies (chunky, 2-D)
     source: tuple = ()   # (tifffile series, level index in it) for the zarr store
+    jpeg: bool = False   # tiles are JPEG streams: check their end (jpeg_tail_damage)
+    spliced: bool = False  # JPEG tiles are restart intervals under a shared header (NDPI)
+
+    def damage(self, data: bytes) -> str | None:
+        """Why a tile's bytes are damaged although its decoder may not say so, or None."""
+        return jpeg_tail_damage(data[-64:], len(data), self.spliced) if self.jpeg else None
 
 
 class TiffBackend:
@@ -96,10 +202,8 @@ class TiffBackend:
 
         self.path = path
         self.warnings: list[str] = []
-        capture = _LogCapture()
-        logger = logging.getLogger("tifffile")
-        logger.addHandler(capture)
-        try:
+        self._log = _LogCapture()
+        with self._log.active():
             try:
                 self._tif = tifffile.TiffFile(path)
             except tifffile.TiffFileError as exc:
@@ -109,13 +213,11 @@ class TiffBackend:
             except BaseException:
                 self._tif.close()
                 raise
-        finally:
-            logger.removeHandler(capture)
-        if capture.errors:
+        errors = self._log.lines(errors=True)
+        if errors:
             self._tif.close()
             raise CorruptSlideError(
-                path, "tifffile reported damage while opening: " + "; ".join(capture.errors[:3]))
-        self.warnings.extend(f"tifffile: {w}" for w in capture.warnings[:5])
+                path, "tifffile reported damage while opening: " + "; ".join(errors[:3]))
         self._fd = os.open(path, os.O_RDONLY)
         self._closed = False
 
@@ -225,7 +327,9 @@ class TiffBackend:
                 f"{file_size}-byte file (truncated)")
         return _Level(page=page, width=page.imagewidth, height=page.imagelength,
                       seg_w=seg_w, seg_h=seg_h, n_seg_x=n_x, n_seg_y=n_y,
-                      offsets=offsets, counts=counts, direct=direct)
+                      offsets=offsets, counts=counts, direct=direct,
+                      jpeg=int(page.compression) in JPEG_COMPRESSIONS,
+                      spliced=page.jpegheader is not None)
 
     def _window_from_smallest(self) -> tuple[float, float]:
         lv = self._levels[-1]
@@ -261,7 +365,12 @@ class TiffBackend:
         i = int(np.argmax(lv.counts > 0))
         try:
             data = os.pread(self._tif.filehandle.fileno(), int(lv.counts[i]), int(lv.offsets[i]))
+            damage = lv.damage(data)
+            if damage:
+                raise CorruptSlideError(self.path, f"tile {i} of the smallest level: {damage}")
             codec(data, i, jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        except CorruptSlideError:
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped to our error
             if "compression" in str(exc).lower() or isinstance(exc, NotImplementedError):
                 raise UnsupportedFormatError(
@@ -322,6 +431,10 @@ class TiffBackend:
         return props, mpp_candidates, objective
 
     # --------------------------------------------------------------- accessors
+    def log_warnings(self) -> list[str]:
+        """tifffile's warnings so far (opening and reading), one line per distinct message."""
+        return [f"tifffile: {line}" for line in self._log.lines()]
+
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
         return [(lv.width, lv.height) for lv in self._levels]
@@ -344,6 +457,10 @@ class TiffBackend:
         return names
 
     def associated(self, name: str) -> np.ndarray:
+        with self._log.active():
+            return self._associated(name)
+
+    def _associated(self, name: str) -> np.ndarray:
         for s in self._tif.series[1:]:
             if s.name and s.name.lower() == name and id(s) not in self._series_as_levels:
                 nbytes = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
@@ -368,8 +485,14 @@ class TiffBackend:
         """Read (h, w, 3) uint8 at ``level`` from level pixel (x, y); outside is white.
 
         on_error: ``"raise"`` raises CorruptSlideError on the first tile that fails
-        to decode; ``"record"`` paints it white, marks it invalid and lists it.
+        to decode (or whose bytes are damaged, see ``_Level.damage``); ``"record"``
+        paints it white, marks it invalid and lists it.
         """
+        with self._log.active():
+            return self._read_level_region(level, x, y, w, h, on_error)
+
+    def _read_level_region(self, level: int, x: int, y: int, w: int, h: int,
+                           on_error: str) -> RegionRead:
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
         lv = self._levels[level]
@@ -417,6 +540,9 @@ class TiffBackend:
             data = os.pread(self._fd, nbytes, int(lv.offsets[index]))
             if len(data) != nbytes:
                 return "tile data cut short (truncated file)"
+            damage = lv.damage(data)
+            if damage:
+                return damage
             seg = page.decode(data, index, jpegtables=page.jpegtables,
                               jpegheader=page.jpegheader)[0]
         except Exception as exc:  # noqa: BLE001 - reported per tile
@@ -465,7 +591,11 @@ class TiffBackend:
         """Lazy (h, w, 3) uint8 dask array of a level, chunked on the file's tiles."""
         import dask.array as da
 
-        arr = da.from_zarr(self._zarr_level(level))
+        with self._log.active():
+            z = self._zarr_level(level)
+        arr = da.map_blocks(self._block_reader(level, z), dtype=z.dtype,
+                            chunks=da.core.normalize_chunks(z.chunks, z.shape),
+                            meta=np.empty((0,) * z.ndim, z.dtype))
         if self.conversion.is_identity:
             return arr
         conv = self.conversion
@@ -474,6 +604,40 @@ class TiffBackend:
                                   chunks=arr.chunks + ((3,),))
         arr = arr.rechunk({2: -1})
         return arr.map_blocks(conv, dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),))
+
+    def _block_reader(self, level: int, z):
+        """The dask block function of a level: one block of tifffile's zarr store.
+
+        A block that fails to decode raises CorruptSlideError naming the file, level
+        and tile, as ``read_level_region(on_error="raise")`` does; so does a tile whose
+        bytes are damaged in a way its decoder does not report (a JPEG cut short:
+        checked before decoding, one 64-byte pread per tile).
+        """
+        lv = self._levels[level]
+        tiles = lv.direct and tuple(z.chunks[:2]) == (lv.seg_h, lv.seg_w)
+
+        def read(block_info=None):
+            info = block_info[None]
+            cy, cx = info["chunk-location"][:2]
+            where = f"level {level} {'tile' if tiles else 'chunk'} ({cx}, {cy})"
+            if self._closed:
+                raise SlideError(self.path, "the slide is closed")
+            if tiles and lv.jpeg:
+                index = cy * lv.n_seg_x + cx
+                nbytes, offset = int(lv.counts[index]), int(lv.offsets[index])
+                if nbytes:
+                    tail = os.pread(self._fd, min(nbytes, 64), offset + max(nbytes - 64, 0))
+                    damage = jpeg_tail_damage(tail, nbytes, lv.spliced)
+                    if damage:
+                        raise CorruptSlideError(self.path, f"{where}: {damage}")
+            try:
+                with self._log.active():
+                    return np.asarray(z[tuple(slice(a, b) for a, b in info["array-location"])])
+            except Exception as exc:  # noqa: BLE001 - mapped to our error
+                raise CorruptSlideError(self.path, f"{where}: {type(exc).__name__}: "
+                                        f"{exc}".strip()) from None
+
+        return read
 
     def close(self) -> None:
         if not self._closed:

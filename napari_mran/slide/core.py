@@ -148,7 +148,7 @@ class Slide:
             ((w0 / w) + (h0 / h)) / 2.0 for (w, h) in self.level_dimensions]
         self.vendor: str = b.vendor
         self.objective_power: float | None = b.objective_power
-        self.warnings: list[str] = list(b.warnings)
+        self._warnings: list[str] = list(b.warnings)
         self.mpp, self.mpp_source = self._choose_mpp(mpp_override, b.mpp_candidates)
         props = dict(b.properties)
         props.update({
@@ -171,7 +171,7 @@ class Slide:
             props[f"mran.level[{i}].tile-height"] = str(th)
             missing = b.level_missing_fraction(i)
             if missing:
-                self.warnings.append(f"level {i}: {missing:.1%} of tiles are missing (no data)")
+                self._warnings.append(f"level {i}: {missing:.1%} of tiles are missing (no data)")
         if self.warnings:
             props["mran.warnings"] = "\n".join(self.warnings)
         self.properties: dict[str, str] = props
@@ -183,18 +183,26 @@ class Slide:
                 ox = oy = float(override)
             else:
                 ox, oy = (float(v) for v in override)
-            checked = md.validate_mpp(ox, oy, "the user", self.warnings)
+            checked = md.validate_mpp(ox, oy, "the user", self._warnings)
             if checked is None:
                 raise SlideError(self.path, f"the MPP given ({override}) is not a plausible "
                                  f"µm/px value ({md.MPP_MIN}-{md.MPP_MAX})")
             return checked, "user"
         for source, mx, my in candidates:
-            checked = md.validate_mpp(mx, my, source, self.warnings)
+            checked = md.validate_mpp(mx, my, source, self._warnings)
             if checked is not None:
                 return checked, source
-        self.warnings.append("no valid MPP (µm/px) in the file: sizes are in pixels; "
-                             "pass mpp= to set it")
+        self._warnings.append("no valid MPP (µm/px) in the file: sizes are in pixels; "
+                              "pass mpp= to set it")
         return None, "none"
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the reader noticed (metadata fallbacks, skipped levels, missing tiles),
+        then tifffile's own log messages so far, opening and reading, one line per
+        distinct message (``"tifffile: <message> (x12)"``); a new list on each access."""
+        live = getattr(self._backend, "log_warnings", None)
+        return self._warnings + (live() if live is not None else [])
 
     # ------------------------------------------------------------------ misc
     def __repr__(self) -> str:
