@@ -14,6 +14,8 @@ Public API::
     load_model(path_or_name, *, which="best", max_bytes=2 GiB) -> MRAN
     save_model(model, path, *, overwrite=False) -> Path
     sha256_of(path) -> str
+    init_backbone_from(model_or_backbone, path, *, max_bytes=2 GiB) -> sha256 hex
+    torchvision_key(trunk_key) -> str
     upstream_loss, downstream_loss, ramp, class_weights_from_counts
 """
 
@@ -24,10 +26,12 @@ from napari_mran.model.checkpoint import (
     DEMO_MODEL_PATH,
     FORMAT_NAME,
     FORMAT_VERSION,
+    init_backbone_from,
     load_model,
     reference_key,
     save_model,
     sha256_of,
+    torchvision_key,
 )
 from napari_mran.model.losses import class_weights_from_counts, downstream_loss, ramp, upstream_loss
 from napari_mran.model.mran import (
@@ -58,6 +62,8 @@ __all__ = [
     "save_model",
     "sha256_of",
     "reference_key",
+    "init_backbone_from",
+    "torchvision_key",
     "DEFAULT_MAX_BYTES",
     "DEMO_MODEL_PATH",
     "FORMAT_NAME",

@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-4                 # Adam, upstream (one-cycle max LR) and downstream
     lam: float = 5.0                 # Lambda
     batch_size: int = 4              # bags per upstream step
-    step_lr_after: int = 5           # downstream StepLR: x0.5 every this many epochs
+    step_lr_after: int = 5           # downstream LR x0.5 once, from this epoch on (MultiStepLR milestone)
     seed: int = 0
     n_folds: int = 5
     fold: int = 0
@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 4
     detach_attention: str = "reference"
+    init_backbone: str | None = None  # torchvision-layout ResNet-18 state dict for the trunk
 
 
 @dataclass
@@ -81,6 +82,30 @@ class TrainSummary:
     best_epoch: int
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
+
+
+def downstream_scheduler(optimizer, milestone: int = 5, *, saved_state: dict | None = None):
+    """The downstream learning-rate schedule of the authors' code: the LR is halved once,
+    from epoch ``milestone`` on (``MultiStepLR(milestones=[milestone], gamma=0.5)``,
+    stepped once per epoch): epochs 0..milestone-1 use the base LR, every later epoch half.
+
+    ``saved_state`` is the scheduler state of a checkpoint being resumed. A run started by
+    an older napari-mran saved a ``StepLR`` (x0.5 every ``milestone`` epochs); such a run
+    keeps its ``StepLR``, so that resuming it stays exact. The caller loads the state.
+    """
+    import torch
+
+    if saved_state is not None and "step_size" in saved_state and "milestones" not in saved_state:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(saved_state["step_size"]),
+                                               gamma=float(saved_state.get("gamma", 0.5)))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.5)
+
+
+def _same_options(saved: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a run's saved ``train_config.json`` has the options ``cfg`` has; options added
+    to TrainConfig after the run was started count as their defaults."""
+    defaults = asdict(TrainConfig())
+    return {**defaults, **saved} == asdict(cfg)
 
 
 def _rng(seed: int, epoch: int, purpose: int) -> np.random.Generator:
@@ -113,7 +138,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     import torch
 
     from ..analysis import pick_device
-    from ..model import MRAN, MRANConfig, save_model
+    from ..model import MRAN, MRANConfig, init_backbone_from, save_model
     from ..model.losses import class_weights_from_counts, downstream_loss, ramp, upstream_loss
 
     cfg = config or TrainConfig()
@@ -141,12 +166,10 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         if not ckpt_path.is_file():
             raise MRANError(f"{run}: nothing to resume (no {CHECKPOINT})")
         saved = json.loads((run / "train_config.json").read_text())
-        if json.dumps(saved, sort_keys=True) != cfg_json:
+        if not _same_options(saved, cfg):
             raise MRANError(f"{run}: the options differ from the run being resumed "
                             f"(saved: {saved})")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "train_config.json").write_text(cfg_json)
-    write_splits(splits, run / "splits.csv")
+    resuming = resume and ckpt_path.is_file()
 
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -154,7 +177,16 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                            threshold=cfg.threshold, bag_px=cfg.bag_px,
                            tiling={"bag_px": cfg.bag_px, "tissue_method": cfg.tissue_method,
                                    "input_px": 1024, "read": "downsample-2 level or level 0 reduced 2x"})
-    model = MRAN(model_cfg).to(dev)
+    model = MRAN(model_cfg)
+    init_info: dict[str, str] | None = None
+    if cfg.init_backbone and not resuming:
+        # before the run folder is made: a file that does not fit fails the run cleanly
+        init_path = Path(cfg.init_backbone).expanduser()
+        init_info = {"path": str(init_path.resolve()), "sha256": init_backbone_from(model, init_path)}
+    model = model.to(dev)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(cfg_json)
+    write_splits(splits, run / "splits.csv")
     if dev.type != "mps":
         model = model.to(memory_format=torch.channels_last)
 
@@ -181,21 +213,22 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     reader = BagReader(bag_px=cfg.bag_px,
                        input_px=model_cfg.input_px, workers=cfg.workers)
 
+    state = torch.load(ckpt_path, map_location=dev, weights_only=True) if resuming else None
     opt_up = torch.optim.Adam(model.upstream.parameters(), lr=cfg.lr)
     opt_down = torch.optim.Adam(model.downstream.parameters(), lr=cfg.lr)
     n_train_bags = sum(_n_used(s, cfg) for s in train_slides)
     steps_per_epoch = math.ceil(n_train_bags / cfg.batch_size)
     sched_up = torch.optim.lr_scheduler.OneCycleLR(opt_up, max_lr=cfg.lr,
                                                    total_steps=max(1, steps_per_epoch * cfg.epochs))
-    sched_down = torch.optim.lr_scheduler.StepLR(opt_down, step_size=cfg.step_lr_after, gamma=0.5)
+    sched_down = downstream_scheduler(opt_down, cfg.step_lr_after,
+                                      saved_state=state["sched_down"] if state is not None else None)
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     weights = {s.path: np.ones(len(s.boxes), np.float32) for s in train_slides}
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": -1, "key": None, "metrics": {}}
     start_epoch = 0
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt_up.load_state_dict(state["opt_up"])
         opt_down.load_state_dict(state["opt_down"])
@@ -206,10 +239,15 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         best = json.loads(state["best"])
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["torch_rng"])
+        init_info = json.loads(state.get("init_backbone", "null"))
         # a kill between the metrics line and the checkpoint must not leave a duplicate line
         (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         yield EpochEvent(start_epoch, cfg.epochs, "prepare",
                          message=f"resumed after epoch {start_epoch} of {cfg.epochs}")
+        if not isinstance(sched_down, torch.optim.lr_scheduler.MultiStepLR):
+            yield EpochEvent(start_epoch, cfg.epochs, "prepare",
+                             message="this run was started with the older downstream schedule "
+                                     "(x0.5 every few epochs); it keeps it so that the resume is exact")
 
     def to_input(images: np.ndarray):
         x = torch.from_numpy(images).to(dev).permute(0, 3, 1, 2)
@@ -261,6 +299,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
             seen = {s.path: np.zeros(len(s.boxes), bool) for s in train_slides}
             losses = []
             step = 0
+            lr_up = opt_up.param_groups[0]["lr"]
             for images, tags in reader.batches(read_jobs, cfg.batch_size):
                 labels = torch.tensor([s.item.label for s, _ in tags], device=dev)
                 w = torch.tensor([weights[s.path][j] for s, j in tags], device=dev)
@@ -269,6 +308,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                     loss = upstream_loss(out, labels, w, rho, cfg.lam, class_w,
                                          detach_attention=cfg.detach_attention)
                 opt_up.zero_grad(set_to_none=True)
+                lr_up = opt_up.param_groups[0]["lr"]  # the LR of this step
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(opt_up)
@@ -290,6 +330,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                                  eta_s=elapsed / step * (steps_per_epoch - step),
                                  message=f"epoch {epoch + 1}/{cfg.epochs} upstream {step}/{steps_per_epoch}")
             up_loss = float(np.mean(losses)) if losses else None
+            lr_down = opt_down.param_groups[0]["lr"]  # the LR of this downstream epoch
 
             # ---- 2. downstream epoch (bags not sampled this epoch are left out of their slide)
             model.train()
@@ -318,7 +359,8 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
             record: dict[str, Any] = {
                 "epoch": epoch + 1, "rho": rho, "upstream_loss": up_loss,
                 "downstream_loss": float(np.mean(down_losses)),
-                "lr_upstream": opt_up.param_groups[0]["lr"], "lr_downstream": opt_down.param_groups[0]["lr"],
+                # the LRs used: the epoch's last upstream step, the downstream epoch
+                "lr_upstream": lr_up, "lr_downstream": lr_down,
                 "train": _binary_metrics(tr_labels, tr_probs),
             }
             if bags["val"]:
@@ -333,7 +375,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
             if improved:
                 best = {"epoch": epoch + 1, "key": key, "metrics": record}
                 best_model = _with_provenance(model, model_cfg, cfg, record, rows, splits,
-                                              labels_csv, command, t_start, epoch + 1)
+                                              labels_csv, command, t_start, epoch + 1, init_info)
                 save_model(best_model, run / MODEL, overwrite=True)
             record["best_so_far"] = improved
             record["time_s"] = round(time.perf_counter() - t_epoch, 2)
@@ -348,6 +390,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                 "bag_weights": {k: torch.from_numpy(v) for k, v in weights.items()},
                 "history": json.dumps(history), "best": json.dumps(best),
                 "torch_rng": torch.get_rng_state(), "config": cfg_json,
+                "init_backbone": json.dumps(init_info),
             }
             tmp = run / (CHECKPOINT + f".tmp{os.getpid()}")
             torch.save(state, tmp)
@@ -377,7 +420,7 @@ def _epoch_line(r: dict[str, Any]) -> str:
 
 
 def _with_provenance(model, model_cfg, cfg: TrainConfig, record, rows, splits, labels_csv,
-                     command, t_start, epoch):
+                     command, t_start, epoch, init_info=None):
     """A copy of the model whose config records how it was trained."""
     import copy
     import hashlib
@@ -398,6 +441,8 @@ def _with_provenance(model, model_cfg, cfg: TrainConfig, record, rows, splits, l
         "train_time_s": round(time.perf_counter() - t_start, 1),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    if init_info is not None:
+        prov["init_backbone"] = dict(init_info)  # path and sha256 of the initial trunk weights
     m = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
     m._config = replace(model_cfg, provenance=prov)
     return m
