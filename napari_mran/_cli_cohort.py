@@ -254,8 +254,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help="bags per forward pass (default: auto; halved on CUDA out-of-memory)")
     g.add_argument("--bag-um", type=_positive_float, default=None, metavar="UM",
                    help="bag side in µm (needs the slides' MPP); default: the model's bag in px")
-    g.add_argument("--tissue", choices=("reference", "otsu"), default="reference",
-                   help="tissue rule (default: reference, MRAN's white-fraction rule)")
+    g.add_argument("--tissue", choices=("reference", "exact", "otsu"), default="reference",
+                   help="tissue rule (default: reference, MRAN's white-fraction rule at <= 4x "
+                        "on candidate bags; exact: the same rule on level 0 for every bag)")
     g.add_argument("--mpp", type=_positive_float, default=None,
                    help="override the µm/px of level 0 of every slide")
     g.add_argument("--max-failed-fraction", type=float, default=None, metavar="F",

@@ -170,6 +170,9 @@ def find_tissue_bags(slide, bag_px: int, method: str = "reference",
     (2) the rule is evaluated on each candidate at the coarsest level whose downsample is
     <= 4 (level 0 when there is no such level; the exact reference when that is level 0).
 
+    ``exact``: the authors' rule as they apply it: every bag of the grid, on level-0
+    pixels, read in strips (memory bounded); slower (reads all of level 0 once).
+
     ``edge``: ``"drop"`` (the authors' rule: whole bags only) or ``"pad"`` (partial bags
     at the right and bottom edges too, read with white background outside the slide).
     ``lowres``: the ``tissue_lowres(slide)`` tuple when the caller has read it already.
@@ -186,7 +189,7 @@ def find_tissue_bags(slide, bag_px: int, method: str = "reference",
         frac, n_px = tissue_coverage(lowres, down, boxes, valid=valid)
         return {"tissue_coverage": round(frac, 4), "tissue_coverage_pixels": n_px}
 
-    if method != "reference":
+    if method not in ("reference", "exact"):
         sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=method,
                                  valid=valid, edge=edge, **opts)
         kept = np.flatnonzero(sel.kept)
@@ -199,35 +202,63 @@ def find_tissue_bags(slide, bag_px: int, method: str = "reference",
     cand = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method="reference",
                               white_level=220, max_white_fraction=0.999, valid=valid,
                               edge=edge, **opts)
-    cboxes = np.asarray(cand.boxes, np.int64).reshape(-1, 4)
-    level = 0
-    for lv, d in enumerate(slide.level_downsamples):
-        if d <= REFINE_MAX_DOWNSAMPLE * (1 + 1e-6):
-            level = lv
+    if method == "exact":  # every bag of the grid, at level 0: the authors' rule as is
+        cboxes, level = np.asarray(cand.grid_boxes, np.int64).reshape(-1, 4), 0
+    else:
+        cboxes, level = np.asarray(cand.boxes, np.int64).reshape(-1, 4), 0
+        for lv, d in enumerate(slide.level_downsamples):
+            if d <= REFINE_MAX_DOWNSAMPLE * (1 + 1e-6):
+                level = lv
+    wf, vf = _white_fractions(slide, cboxes, level, bag_px, white_level, workers)
+    keep = (wf < max_white) & (vf >= min_valid)
+    d = slide.level_downsamples[level]
+    params = {"rule": f"white = all channels > {white_level}; keep when white fraction < {max_white}",
+              "white_level": white_level, "max_white_fraction": max_white,
+              "min_valid_fraction": min_valid, "n_candidates": int(len(cboxes)),
+              "rule_level": level, "rule_level_downsample": float(d),
+              "edge": edge, "n_partial_bags": cand.parameters["n_partial_bags"]}
+    if method == "exact":
+        params.update(stages=1, candidates_from="every bag of the grid (level 0)")
+    else:
+        params.update(stages=2, candidates_from="smallest level (not glass: < 99.9 % of "
+                      "pixels with all channels > 220)")
+    params.update(coverage(cboxes[keep]))
+    return TissueBags(cboxes[keep], cand.grid_boxes, wf[keep], params)
+
+
+#: rows of a bag read at once by the exact rule (bounds memory: 256 x 2048 x 3 bytes)
+_RULE_STRIP_ROWS = 256
+
+
+def _white_fractions(slide, boxes: np.ndarray, level: int, bag_px: int, white_level: int,
+                     workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(white fraction of the valid pixels, valid fraction) of each bag at *level*, read in
+    strips of ``_RULE_STRIP_ROWS`` rows (memory per thread is one strip, not one bag)."""
     d = slide.level_downsamples[level]
     side = max(1, int(round(bag_px / d)))
 
-    def white(box) -> tuple[float, float]:
-        rr = slide.read_region_ex((int(box[0]), int(box[1])), level, (side, side), on_error="record")
-        is_white = (rr.pixels > white_level).all(-1)
-        if rr.valid is None:
-            return float(is_white.mean()), 1.0
-        nv = int(rr.valid.sum())
-        return (float(is_white[rr.valid].mean()) if nv else 1.0), nv / rr.valid.size
+    strip = _RULE_STRIP_ROWS if level == 0 else side  # coarser levels: one small read
+
+    def one(box) -> tuple[float, float]:
+        n_white = n_valid = 0
+        for r0 in range(0, side, strip):
+            rows = min(strip, side - r0)
+            rr = slide.read_region_ex((int(box[0]), int(box[1] + round(r0 * d))), level,
+                                      (side, rows), on_error="record")
+            is_white = (rr.pixels > white_level).all(-1)
+            if rr.valid is None:
+                n_white += int(is_white.sum())
+                n_valid += is_white.size
+            else:
+                n_white += int(is_white[rr.valid].sum())
+                n_valid += int(rr.valid.sum())
+        return (n_white / n_valid if n_valid else 1.0), n_valid / float(side * side)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-tissue") as pool:
-        fr = list(pool.map(white, cboxes))
+        fr = list(pool.map(one, boxes))
     wf = np.array([f[0] for f in fr], np.float64).reshape(-1)
     vf = np.array([f[1] for f in fr], np.float64).reshape(-1)
-    keep = (wf < max_white) & (vf >= min_valid)
-    params = {"rule": f"white = all channels > {white_level}; keep when white fraction < {max_white}",
-              "white_level": white_level, "max_white_fraction": max_white,
-              "min_valid_fraction": min_valid, "candidates_from": "smallest level (not glass: "
-              "< 99.9 % of pixels with all channels > 220)", "n_candidates": int(len(cboxes)),
-              "rule_level": level, "rule_level_downsample": float(d), "stages": 2,
-              "edge": edge, "n_partial_bags": cand.parameters["n_partial_bags"]}
-    params.update(coverage(cboxes[keep]))
-    return TissueBags(cboxes[keep], cand.grid_boxes, wf[keep], params)
+    return wf, vf
 
 
 def _auto_batch(device) -> int:
@@ -273,7 +304,9 @@ def analyze_slide(slide, model, *, bag_px: int | None = None, bag_um: float | No
     model : an :class:`~napari_mran.model.MRAN` (``load_model(...)``).
     bag_px / bag_um : bag side at level 0 in pixels (default: the model's, 2048) or in µm
         (needs the slide's MPP; makes 20x and 40x scans give the same physical bags).
-    tissue_method : ``"reference"`` (MRAN's white-fraction rule) or ``"otsu"``.
+    tissue_method : ``"reference"`` (MRAN's white-fraction rule at <= 4x downsample on
+        candidate bags; fast), ``"exact"`` (the same rule on level 0 for every bag, as the
+        authors apply it) or ``"otsu"``.
     batch_size : bags per forward pass, or ``"auto"``; halved and retried on CUDA OOM.
     device : ``"auto"`` (CUDA > MPS > CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
     num_workers : decode threads (default: CPU count); prefetch : bags decoded ahead.

@@ -62,7 +62,7 @@ def _cmd_train(args) -> int:
                       seed=args.seed, n_folds=args.folds, fold=args.fold, split_file=args.split_file,
                       bag_px=args.bag_px, tissue_method=args.tissue_method,
                       max_bags_per_slide=args.max_bags_per_slide, device=args.device,
-                      workers=args.workers,
+                      workers=args.workers, init_backbone=args.init_backbone,
                       class_names=args.class_names.split(",") if args.class_names else None)
     progress = _Progress(args.quiet)
 
@@ -80,6 +80,17 @@ def _cmd_train(args) -> int:
     print(json.dumps({"model": str(summary.model_path), "best_epoch": summary.best_epoch,
                       "best": summary.best_metrics.get("val", summary.best_metrics.get("train"))},
                      indent=2))
+    return 0
+
+
+def _cmd_tcga_labels(args) -> int:
+    from .tcga import tcga_labels, write_labels_csv
+
+    res = tcga_labels(args.folder, recursive=not args.no_recursive,
+                      tumour_label=args.tumour_label, normal_label=args.normal_label)
+    print(res.report(), file=sys.stderr)
+    path = write_labels_csv(res, args.out, overwrite=args.overwrite)
+    print(json.dumps({"labels": str(path), **res.counts()}, indent=2))
     return 0
 
 
@@ -390,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--export", default="geojson,csv,provenance,overview",
                     help=f"comma-separated subset of {','.join(EXPORTS)} ('' for none)")
     an.add_argument("--bag-um", type=float, default=None, help="bag side in µm (default 2048 px)")
-    an.add_argument("--tissue-method", choices=["reference", "otsu"], default="reference")
+    an.add_argument("--tissue-method", choices=["reference", "exact", "otsu"], default="reference",
+                    help="reference (fast: the white rule at <= 4x on candidate bags), exact "
+                         "(the authors' rule on level 0 for every bag) or otsu")
     an.add_argument("--batch-size", default="auto")
     an.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     an.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
@@ -436,13 +449,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fold", type=int, default=0, help="test fold (the next one validates)")
     tr.add_argument("--split-file", default=None, help="CSV slide,split (train/val/test) instead of folds")
     tr.add_argument("--bag-px", type=int, default=2048)
-    tr.add_argument("--tissue-method", choices=["reference", "otsu"], default="reference")
+    tr.add_argument("--tissue-method", choices=["reference", "exact", "otsu"], default="reference")
     tr.add_argument("--max-bags-per-slide", type=int, default=None)
     tr.add_argument("--class-names", default=None, help="comma-separated, in label order")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--workers", type=int, default=4, help="bag decoding threads")
+    tr.add_argument("--init-backbone", default=None, metavar="PATH",
+                    help="initialise the CNN from a torchvision-layout ResNet-18 state dict "
+                         "(safetensors or .pth, loaded safely; width 1 only); its sha256 is "
+                         "recorded. MRAN feeds RGB/255 without mean/std normalisation")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     tr.set_defaults(func=_cmd_train)
+
+    tc = sub.add_parser("tcga-labels", help="labels.csv from a folder of TCGA slide files "
+                        "(case = barcode[:12]; sample type 01-09 tumour, 10-19 normal)")
+    tc.add_argument("folder", help="folder of TCGA slides (sub-folders searched, as GDC lays "
+                    "them out)")
+    tc.add_argument("--out", required=True, help="labels CSV to write (slide,label,case)")
+    tc.add_argument("--no-recursive", action="store_true", help="only the folder itself")
+    tc.add_argument("--tumour-label", type=int, default=1, help="label of tumour samples")
+    tc.add_argument("--normal-label", type=int, default=0, help="label of normal samples")
+    tc.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    tc.set_defaults(func=_cmd_tcga_labels)
     from importlib.util import find_spec
 
     if find_spec("napari_mran._cli_cohort") is not None:

@@ -39,6 +39,9 @@ __all__ = [
 #: µm per pixel outside this range is treated as broken metadata (reliability.md fact 8).
 MPP_PLAUSIBLE_RANGE = (0.05, 20.0)
 METHODS = ("reference", "otsu")
+#: every tissue method analysis offers: ``exact`` is the reference rule on level-0
+#: pixels of every bag (napari_mran.analysis.find_tissue_bags reads them)
+ANALYSIS_METHODS = ("reference", "exact", "otsu")
 #: What happens to the partial bags at the right and bottom edges of the slide:
 #: ``"pad"`` keeps them (the part outside the slide reads as white background and the
 #: tissue rule decides), ``"drop"`` leaves them out (the authors' rule).

@@ -189,3 +189,19 @@ def test_trainer_applies_and_records_the_initialisation(tmp_path):
     with pytest.raises(CheckpointError, match="conv1.weight"):
         drain(train(slides, labels, bad, TrainConfig(**{**cfg.__dict__, "width": 0.125})))
     assert not bad.exists()
+
+
+def test_cli_train_init_backbone_refuses_a_misfit_before_the_run_folder(width1_file, tmp_path,
+                                                                        capsys):
+    from napari_mran.cli import main
+
+    path, _ = width1_file
+    slides = tmp_path / "slides"
+    labels = make_cohort(slides, 6, seed=1, width=2048, height=2048)
+    run = tmp_path / "run"
+    rc = main(["train", "--slides", str(slides), "--labels", str(labels), "--out", str(run),
+               "--width", "0.125", "--epochs", "1", "--folds", "3", "--init-backbone", str(path),
+               "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err and "width" in err
+    assert not run.exists()

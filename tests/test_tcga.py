@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -114,3 +115,17 @@ def test_errors(tmp_path):
             tcga_labels(tmp_path, **kwargs)
     _touch(tmp_path, "TCGA-A1-A0SB-01Z-00-DX1.svs")
     assert "only one class" in tcga_labels(tmp_path).report()
+
+
+def test_cli_tcga_labels(gdc_folder, tmp_path, capsys):
+    from napari_mran.cli import main
+
+    out = tmp_path / "labels.csv"
+    assert main(["tcga-labels", str(gdc_folder), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    counts = json.loads(cap.out)
+    assert counts["labels"] == str(out) and len(read_labels_table(out, gdc_folder)) == 4
+    assert "control" in cap.err  # the report of what was skipped and why
+    assert main(["tcga-labels", str(gdc_folder), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["tcga-labels", str(tmp_path / "absent"), "--out", str(tmp_path / "x.csv")]) == 2

@@ -568,6 +568,7 @@ class AnalyzeSlideWidget(QWidget):
 
         self.tissue_combo = QComboBox()
         self.tissue_combo.addItem("reference", "reference")
+        self.tissue_combo.addItem("exact (level 0)", "exact")
         self.tissue_combo.addItem("Otsu", "otsu")
         self.tissue_combo.setToolTip("reference: MRAN's white-fraction rule per bag; Otsu: "
                                      "an Otsu threshold on the low-resolution slide")
