@@ -17,6 +17,16 @@ Rules (docs/reliability.md rows 14, 15, 17, 22):
 - Temporary files/folders are removed when the write fails (any exception,
   KeyboardInterrupt included); OS errors (read-only folder, full disk, missing
   folder) become :class:`~napari_mran.errors.ResultsError` naming the path.
+- Stale leftovers of a killed writer (SIGKILL, power loss) are removed by the next
+  write of the *same* name, and only when all of these hold (POSIX; elsewhere nothing
+  is ever removed): the name is exactly ``.<name>.partial-<pid>-<8 hex>`` for that
+  name; it is a plain file (file writers) or a real folder (folder writers) whose
+  content the caller's ``stale_check`` recognises as its own output; the process
+  ``<pid>`` is not running on this machine; and no process holds the exclusive
+  ``flock`` every writer keeps on its temporary file/folder while writing (the
+  kernel drops it when the writer dies, SIGKILL included; on a shared network
+  folder it also protects writers on other machines).  Anything else, other
+  names, ``.old-`` folders and foreign files included, is never touched.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -37,6 +48,7 @@ __all__ = [
     "atomic_file",
     "atomic_path",
     "check_destination",
+    "remove_stale_partials",
     "temp_sibling",
 ]
 
@@ -47,6 +59,100 @@ def temp_sibling(path: str | os.PathLike, tag: str = PARTIAL_TAG) -> Path:
     """Return a fresh hidden sibling name ``.<name>.<tag>-<pid>-<random>`` of *path*."""
     path = Path(path)
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _lock(path: Path, *, directory: bool) -> int | None:
+    """Open *path* (never through a symlink) and take its exclusive ``flock`` without
+    waiting; the descriptor holding it, or None when another process holds it or
+    locks are not available here."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    if directory:
+        flags |= getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether process *pid* runs on this machine (True when it cannot be told)."""
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_partials(
+    path: str | os.PathLike,
+    *,
+    directory: bool,
+    stale_check: Callable[[Path], str | None] | None = None,
+) -> list[Path]:
+    """Remove the stale ``.<name>.partial-<pid>-<hex>`` leftovers of *path*'s own name.
+
+    The rule is the module's (see its docstring); ``stale_check(leftover)`` must
+    return None for a folder to be removed (folders are never removed without it).
+    Best effort: errors are ignored.  Returns what was removed.
+    """
+    path = Path(path)
+    if os.name != "posix" or (directory and stale_check is None):
+        return []
+    pattern = re.compile(r"^\." + re.escape(path.name) + r"\." + PARTIAL_TAG
+                         + r"-(?P<pid>\d+)-[0-9a-f]{8}$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or int(m["pid"]) == os.getpid() or _pid_running(int(m["pid"])):
+            continue
+        leftover = Path(entry.path)
+        try:
+            if entry.is_symlink() or (entry.is_dir(follow_symlinks=False) != directory):
+                continue
+            if not directory and not entry.is_file(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        fd = _lock(leftover, directory=directory)
+        if fd is None:  # a live writer holds it (or it cannot be locked): keep it
+            continue
+        try:
+            if directory:
+                if stale_check is not None and stale_check(leftover) is None:
+                    shutil.rmtree(leftover)
+                    removed.append(leftover)
+            else:
+                os.unlink(leftover)
+                removed.append(leftover)
+        except OSError:
+            pass
+        finally:
+            _unlock(fd)
+    return removed
 
 
 def _os_error(path: Path, exc: OSError, action: str) -> ResultsError:
@@ -138,10 +244,15 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     removed if the body raises.
     """
     final = check_destination(path, overwrite=overwrite, kind="file")
+    remove_stale_partials(final, directory=False)
     tmp = temp_sibling(final)
+    lock = None
     try:
+        # create it (O_EXCL) and hold its lock while the writer fills it by name
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        lock = _lock(tmp, directory=False)
         yield tmp
-        if not tmp.exists():
+        if not tmp.exists() or tmp.stat().st_size == 0:
             raise ResultsError(f"{final}: the writer produced no file")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -153,6 +264,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    finally:
+        _unlock(lock)
 
 
 @contextlib.contextmanager
@@ -171,12 +284,15 @@ def atomic_file(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_file: mode must be 'w' or 'wb', not {mode!r}")
     final = check_destination(path, overwrite=overwrite, kind="file")
+    remove_stale_partials(final, directory=False)
     tmp = temp_sibling(final)
     fh = None
+    lock = None
     try:
         # O_EXCL: never reuse or follow something already at the temporary name;
         # 0o666 so the final file gets the usual umask-derived permissions.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        lock = _lock(tmp, directory=False)
         if mode == "wb":
             fh = os.fdopen(fd, "wb")
         else:
@@ -199,6 +315,8 @@ def atomic_file(
                 fh.close()
         _unlink_quietly(tmp)
         raise
+    finally:
+        _unlock(lock)
 
 
 def _rmtree_ours(path: Path) -> None:
@@ -212,6 +330,7 @@ def atomic_dir(
     *,
     overwrite: bool = False,
     replace_check: Callable[[Path], str | None] | None = None,
+    stale_check: Callable[[Path], str | None] | None = None,
 ) -> Iterator[Path]:
     """Yield a fresh temporary sibling folder; rename it onto *path* on success.
 
@@ -219,9 +338,12 @@ def atomic_dir(
     ``replace_check(path)`` returns None (it returns the reason otherwise, e.g.
     "holds files that are not part of a results store"); without a check nothing is
     ever replaced.  The old folder is moved aside first and deleted only after the
-    new one is in place.
+    new one is in place.  ``stale_check(folder)`` returns None when a leftover
+    ``.partial-`` folder of this name holds only what this writer writes: then it is
+    removed if it is stale (:func:`remove_stale_partials`); without it none is.
     """
     final = check_destination(path, overwrite=overwrite, kind="dir")
+    remove_stale_partials(final, directory=True, stale_check=stale_check)
 
     def _replace_reason() -> str | None:
         if replace_check is None:
@@ -238,6 +360,7 @@ def atomic_dir(
         os.mkdir(tmp)
     except OSError as exc:
         raise _os_error(final, exc, "create a folder next to") from exc
+    lock = _lock(tmp, directory=True)  # held until published or removed
     try:
         yield tmp
         _publish_dir(tmp, final, overwrite, _replace_reason)
@@ -248,6 +371,8 @@ def atomic_dir(
     except BaseException:
         _rmtree_ours(tmp)
         raise
+    finally:
+        _unlock(lock)
 
 
 def _publish_dir(

@@ -28,6 +28,7 @@ from napari_mran.errors import ResultsError
 
 __all__ = [
     "CELLS_PER_PATCH_SIDE",
+    "DEMO_MODEL_NOTE",
     "LEVELS",
     "PATCHES_PER_SIDE",
     "RESULTS_FORMAT",
@@ -50,10 +51,26 @@ N_CELLS = CELLS_PER_PATCH_SIDE**2
 _PIXELS_PER_BAG = {"bag": 1, "patch": PATCHES_PER_SIDE, "cell": CELLS_PER_SIDE}
 
 RESULTS_FORMAT = "napari-mran-results"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+#: Store versions this napari-mran recognises but refuses to load (see docs/formats.md).
+LEGACY_VERSIONS = (1,)
+#: Version-1 stores only: the completion marker file (version 2 keeps it in the
+#: group attributes, where zarr does not warn about a non-zarr file).
 MARKER_NAME = "COMPLETE.json"
 ATTRS_KEY = "napari_mran"
+#: Group attribute written last: the completion marker and the checksums of every
+#: array and of the attributes (docs/formats.md, "Results store").
+CHECKSUMS_KEY = "napari_mran_checksums"
 NONFINITE_KEY = "_nonfinite_replaced_by_null"
+#: Said by every output of a result computed with the bundled demo model.
+DEMO_MODEL_NOTE = (
+    "computed with the napari-mran demo model (trained on synthetic slides): "
+    "a demonstration, not for diagnosis"
+)
+#: No slide format holds more than 2**32 - 1 pixels per side (TIFF, DICOM: 32-bit sizes).
+MAX_SLIDE_SIDE = 2**32 - 1
+#: Largest heatmap raster made (pixels; 8 GiB of float32).
+MAX_HEATMAP_PIXELS = 2**31
 
 # name -> (dtype, trailing shape as a function of C); the leading dim is N (or K).
 _FLOAT = np.dtype("<f4")
@@ -255,6 +272,8 @@ class Heatmap:
 
 # --------------------------------------------------------------------------- zarr I/O
 # All zarr calls live in these three functions (zarr 3.x API; results store = zarr v3).
+# The completion marker is a group attribute: a file at the top of the store would make
+# zarr warn ("not recognized as a component of a Zarr hierarchy") whenever it is listed.
 
 
 def _zarr_write(folder: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
@@ -279,40 +298,69 @@ def _zarr_update_attrs(folder: Path, attrs: dict[str, Any]) -> None:
     group.attrs.update(attrs)
 
 
-def _zarr_read(folder: Path, names: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _zarr_read(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     import zarr
 
     group = zarr.open_group(str(folder), mode="r", zarr_format=3)
-    attrs = dict(group.attrs)
-    arrays = {}
-    for name in names:
-        # open by name: listing the group would warn about COMPLETE.json
-        arrays[name] = np.asarray(group[name][...])
-    return attrs, arrays
+    # open by name: only what the completion marker lists is read
+    return {name: np.asarray(group[name][...]) for name in names}
 
 
 def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
 
 
+def _canonical_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON text of *obj* (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 _CHUNK_KEY = re.compile(r"^c(/\d+)*$")
+# zarr's LocalStore writes <key>.<uuid4 hex>.partial and renames it: a killed writer
+# may leave one behind (only ever inside a hidden .partial- folder).
+_ZARR_TEMP = re.compile(r"^(?P<base>.+?)\.[0-9a-f]{32}\.partial$")
 
 
-def _foreign_entries(folder: Path, names: list[str]) -> list[str]:
-    """Paths under *folder* that a results store would not contain."""
+def _chunk_files(folder: Path, name: str) -> int:
+    """Number of chunk files of array *name* (zarr v3 default chunk keys)."""
+    n = 0
+    for root, _dirs, files in os.walk(folder / name / "c"):
+        n += sum(1 for f in files if f.isdigit())
+    return n
+
+
+def _foreign_entries(
+    folder: Path, names: list[str], *, marker_file: bool = False, zarr_temp: bool = False
+) -> list[str]:
+    """Paths under *folder* that a results store would not contain.
+
+    ``marker_file``: ``COMPLETE.json`` is allowed at the top (version-1 stores);
+    ``zarr_temp``: zarr's own temporary files are allowed (a partial store).
+    """
     foreign = []
-    allowed_top = {"zarr.json", MARKER_NAME, *names}
+    top_files = {"zarr.json", MARKER_NAME} if marker_file else {"zarr.json"}
+    allowed_top = {*top_files, *names}
+
+    def temp_of(fname: str, allowed: set[str]) -> bool:
+        m = _ZARR_TEMP.match(fname) if zarr_temp else None
+        return bool(m) and (m["base"] in allowed or m["base"] + ".json" in allowed)
+
     for root, dirs, files in os.walk(folder):
         rel_root = Path(root).relative_to(folder)
         parts = rel_root.parts
         for fname in files:
             rel = (rel_root / fname).as_posix()
             if not parts:
-                ok = fname in ("zarr.json", MARKER_NAME)
+                ok = fname in top_files or temp_of(fname, {"zarr.json"})
             elif parts[0] in names:
-                ok = (len(parts) == 1 and fname == "zarr.json") or (
-                    len(parts) >= 2 and _CHUNK_KEY.match("/".join(parts[1:])) and fname.isdigit()
-                )
+                if len(parts) == 1:
+                    ok = fname == "zarr.json" or temp_of(fname, {"zarr.json"})
+                else:
+                    ok = bool(_CHUNK_KEY.match("/".join(parts[1:]))) and (
+                        fname.isdigit() or (temp_of(fname, {fname.split(".")[0]})
+                                            and fname.split(".")[0].isdigit()))
             else:
                 ok = False
             if not ok:
@@ -326,10 +374,117 @@ def _foreign_entries(folder: Path, names: list[str]) -> list[str]:
     return foreign
 
 
+def _strict_loads(text: str) -> Any:
+    def reject(constant: str) -> Any:
+        raise ValueError(f"non-finite number {constant} (not strict JSON)")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def _marker_body(arrays: dict[str, dict[str, Any]], own: dict[str, Any],
+                 provenance: dict[str, Any]) -> dict[str, Any]:
+    """The completion marker of a version-2 store (without its own ``sha256``)."""
+    return {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "arrays": arrays,
+        "attributes": {
+            ATTRS_KEY: {k: _canonical_sha256(v) for k, v in own.items() if k != "complete"},
+            "provenance": _canonical_sha256(provenance),
+        },
+    }
+
+
+def _verify_marker(path: Path, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Check the version-2 completion marker and that it covers every attribute as
+    written; return its ``arrays`` table."""
+    own = attrs[ATTRS_KEY]
+    marker = attrs.get(CHECKSUMS_KEY)
+    if marker is None or own.get("complete") is not True:
+        raise ResultsError(
+            f"{path}: incomplete results store (no completion marker): the write was "
+            "interrupted or the folder was copied partially; analyse the slide again"
+        )
+    try:
+        table = marker["arrays"]
+        hashes = marker["attributes"]
+        if (marker.get("format") != RESULTS_FORMAT or marker.get("version") != RESULTS_VERSION
+                or not isinstance(table, dict) or not isinstance(hashes, dict)
+                or not isinstance(hashes.get(ATTRS_KEY), dict)):
+            raise ValueError("unexpected content")
+        body = {k: marker[k] for k in ("format", "version", "arrays", "attributes")}
+        ok = _canonical_sha256(body) == marker.get("sha256")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ResultsError(
+            f"{path}: corrupt completion marker (attribute {CHECKSUMS_KEY}: {exc})"
+        ) from None
+    if not ok:
+        raise ResultsError(
+            f"{path}: the completion marker does not match its own checksum (attribute "
+            f"{CHECKSUMS_KEY} was edited or is corrupt)"
+        )
+    extra = sorted(set(attrs) - {ATTRS_KEY, "provenance", CHECKSUMS_KEY})
+    if extra:
+        raise ResultsError(
+            f"{path}: group attribute(s) {extra} were added after the store was written "
+            "(not covered by its checksums)"
+        )
+    own_hashes = hashes[ATTRS_KEY]
+    for key in sorted(set(own) | set(own_hashes)):
+        if key == "complete":
+            continue
+        if key not in own_hashes:
+            raise ResultsError(
+                f"{path}: attribute {ATTRS_KEY}.{key} was added after the store was written "
+                "(not covered by its checksums)"
+            )
+        if key not in own:
+            raise ResultsError(f"{path}: attribute {ATTRS_KEY}.{key} is missing")
+        if _canonical_sha256(own[key]) != own_hashes[key]:
+            raise ResultsError(
+                f"{path}: attribute {ATTRS_KEY}.{key} does not match the store's checksum "
+                f"(edited or corrupt: {_short(own[key])}); run the analysis again"
+            )
+    if "provenance" not in attrs or _canonical_sha256(attrs["provenance"]) != hashes.get(
+        "provenance"
+    ):
+        raise ResultsError(
+            f"{path}: attribute provenance does not match the store's checksum (edited or "
+            "corrupt); run the analysis again"
+        )
+    return table
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _legacy_marker(path: Path, own: dict[str, Any]) -> dict[str, Any]:
+    """The ``arrays`` table of a version-1 store's COMPLETE.json."""
+    marker_path = path / MARKER_NAME
+    if not marker_path.is_file() or own.get("complete") is not True:
+        raise ResultsError(f"{path}: incomplete version-1 results store (no {MARKER_NAME})")
+    try:
+        marker = _strict_loads(marker_path.read_text(encoding="utf-8"))
+        table = marker["arrays"]
+        if marker.get("format") != RESULTS_FORMAT or not isinstance(table, dict):
+            raise ValueError("unexpected content")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"{path}: corrupt completion marker {MARKER_NAME} ({exc})") from exc
+    return table
+
+
 def _read_store(
-    path: Path, verify_checksums: bool = True
+    path: Path, verify_checksums: bool = True, *, allow_legacy: bool = False
 ) -> tuple[dict, dict, dict[str, np.ndarray]]:
-    """Verify and read a results store -> (marker, attrs, arrays); ResultsError on any problem."""
+    """Verify and read a results store -> (marker arrays table, attrs, arrays).
+
+    ResultsError on any problem: not a store, incomplete, an attribute or array that
+    does not match its checksum, or attributes inconsistent with the arrays.
+    ``allow_legacy`` (replace checks only) accepts a complete version-1 store,
+    whose attributes are not checksummed.
+    """
     if not path.exists():
         raise ResultsError(f"{path}: does not exist")
     if not path.is_dir():
@@ -339,64 +494,201 @@ def _read_store(
             raise ResultsError(f"{path}: is a zarr v2 store, not a napari-mran results store")
         raise ResultsError(f"{path}: not a napari-mran results store (no zarr.json)")
     try:
-        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        meta = _strict_loads((path / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ResultsError(f"{path}: corrupt store metadata (zarr.json: {exc})") from exc
-    own = (meta.get("attributes") or {}).get(ATTRS_KEY) if isinstance(meta, dict) else None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    own = attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
     if not isinstance(own, dict) or own.get("format") != RESULTS_FORMAT:
         raise ResultsError(f"{path}: a zarr store that is not a napari-mran results store")
-    if own.get("version") != RESULTS_VERSION:
+    version = own.get("version")
+    legacy = version in LEGACY_VERSIONS and not isinstance(version, bool)
+    if legacy and not allow_legacy:
         raise ResultsError(
-            f"{path}: results store version {own.get('version')!r} is not supported "
+            f"{path}: written by an older napari-mran (results store version {version}), "
+            "whose attributes are not covered by checksums, so it cannot be verified; "
+            "run `napari-mran analyze` again to re-create it (with --overwrite to replace it)"
+        )
+    if not legacy and (version != RESULTS_VERSION or isinstance(version, bool)):
+        raise ResultsError(
+            f"{path}: results store version {version!r} is not supported "
             f"(this napari-mran reads version {RESULTS_VERSION})"
         )
-    marker_path = path / MARKER_NAME
-    if not marker_path.is_file() or own.get("complete") is not True:
+    table = _legacy_marker(path, own) if legacy else _verify_marker(path, attrs)
+    names = list(_ARRAYS) + [n for n in _OPTIONAL_ARRAYS if n in table]
+    if sorted(table) != sorted(names):
         raise ResultsError(
-            f"{path}: incomplete results store (no completion marker): the write was "
-            "interrupted or the folder was copied partially; analyse the slide again"
-        )
-    try:
-        marker = json.loads(marker_path.read_text(encoding="utf-8"))
-        marker_arrays = marker["arrays"]
-        if marker.get("format") != RESULTS_FORMAT or not isinstance(marker_arrays, dict):
-            raise ValueError("unexpected content")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ResultsError(f"{path}: corrupt completion marker {MARKER_NAME} ({exc})") from exc
-    names = list(_ARRAYS) + [n for n in _OPTIONAL_ARRAYS if n in marker_arrays]
-    if sorted(marker_arrays) != sorted(names):
-        raise ResultsError(
-            f"{path}: completion marker lists arrays {sorted(marker_arrays)}, expected "
+            f"{path}: completion marker lists arrays {sorted(table)}, expected "
             f"{sorted(_ARRAYS)} (optionally with {sorted(_OPTIONAL_ARRAYS)})"
         )
+    expected_dtype = {**{n: d for n, (d, _) in _ARRAYS.items()}, **_OPTIONAL_ARRAYS}
+    entries = {}
+    for name in names:
+        entry = table[name]
+        try:
+            shape, dtype = tuple(int(v) for v in entry["shape"]), np.dtype(entry["dtype"])
+            chunk_files = None if legacy else int(entry["chunk_files"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsError(f"{path}: corrupt completion marker entry for {name!r}") from exc
+        if dtype != expected_dtype[name]:
+            raise ResultsError(
+                f"{path}: array {name!r} is recorded as {dtype}, a results store holds "
+                f"{expected_dtype[name]}"
+            )
+        if chunk_files is not None:
+            found = _chunk_files(path, name)
+            if found != chunk_files:
+                raise ResultsError(
+                    f"{path}: array {name!r} does not match its checksum record: {found} "
+                    f"chunk files, {chunk_files} written (chunks lost or added: a partial "
+                    "copy?)"
+                )
+        entries[name] = (shape, dtype, entry.get("sha256"))
     try:
-        attrs, arrays = _zarr_read(path, names)
+        arrays = _zarr_read(path, names)
     except KeyError as exc:
         raise ResultsError(f"{path}: array {exc.args[0]!r} is missing") from None
     except Exception as exc:  # zarr/codec errors come in many classes
         raise ResultsError(f"{path}: cannot read the store ({type(exc).__name__}: {exc})") from exc
     for name in names:
-        arr, expected = arrays[name], marker_arrays[name]
-        try:
-            shape, dtype = tuple(expected["shape"]), np.dtype(expected["dtype"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ResultsError(f"{path}: corrupt completion marker entry for {name!r}") from exc
+        arr, (shape, dtype, sha) = arrays[name], entries[name]
         if arr.shape != shape or arr.dtype != dtype:
             raise ResultsError(
-                f"{path}: array {name!r} is {arr.shape} {arr.dtype}, the completion marker says {shape} {dtype}"
+                f"{path}: array {name!r} is {arr.shape} {arr.dtype}, the completion marker "
+                f"says {shape} {dtype}"
             )
-        if verify_checksums and _sha256(arr) != expected.get("sha256"):
+        if verify_checksums and _sha256(arr) != sha:
             raise ResultsError(
                 f"{path}: array {name!r} does not match its checksum (corrupt or modified)"
             )
-    return marker, attrs, arrays
+    if not legacy:
+        problems = _consistency_problems(own, attrs.get("provenance"), arrays)
+        if problems:
+            raise ResultsError(
+                f"{path}: inconsistent results store: {problems[0]}"
+                + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
+            )
+    return table, attrs, arrays
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    )
+
+
+def _consistency_problems(
+    own: dict[str, Any], provenance: Any, arrays: dict[str, np.ndarray]
+) -> list[str]:
+    """What is wrong with a store's attributes, alone and against its arrays ([] if
+    nothing).  Checked before saving and after loading: a store that ``save`` writes
+    always loads."""
+    from napari_mran.slide._metadata import MPP_MAX, MPP_MIN
+
+    problems: list[str] = []
+    names = own.get("class_names")
+    if (not isinstance(names, list) or not names
+            or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        problems.append(f"class_names must be a non-empty list of distinct names, not "
+                        f"{_short(names)}")
+        names = None
+    size = own.get("slide_size")
+    if (not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size)
+            or not all(1 <= v <= MAX_SLIDE_SIDE for v in size)):
+        problems.append(f"slide_size must be [width, height] in whole pixels, 1 to "
+                        f"{MAX_SLIDE_SIDE} each, not {_short(size)}")
+        size = None
+    bag_px = own.get("bag_px")
+    if not _is_int(bag_px) or not CELLS_PER_SIDE <= bag_px <= MAX_SLIDE_SIDE:
+        problems.append(f"bag_px must be a whole number of pixels >= {CELLS_PER_SIDE}, not "
+                        f"{_short(bag_px)}")
+        bag_px = None
+    mpp = own.get("mpp")
+    if mpp is not None:
+        vals = mpp if isinstance(mpp, list) and len(mpp) == 2 else [mpp]
+        if (isinstance(mpp, list) and len(mpp) != 2) or not all(
+                _is_number(v) and math.isfinite(v) and MPP_MIN <= v <= MPP_MAX for v in vals):
+            problems.append(f"mpp must be null, a number or an [x, y] pair within the "
+                            f"plausible {MPP_MIN}-{MPP_MAX} µm/px, not {_short(mpp)}")
+    if not isinstance(own.get("degraded"), bool):
+        problems.append(f"degraded must be true or false, not {_short(own.get('degraded'))}")
+    reasons = own.get("failed_reasons")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        problems.append("failed_reasons must be a list of strings")
+        reasons = None
+    if not isinstance(provenance, dict):
+        problems.append("the provenance attribute must be a JSON object")
+    else:
+        model = provenance.get("model")
+        demo = isinstance(model, dict) and model.get("demo") is True
+        if own.get("model_is_demo") is not demo:
+            problems.append(f"model_is_demo is {_short(own.get('model_is_demo'))} but the "
+                            f"provenance says the model is {'' if demo else 'not '}the demo model")
+
+    # shapes: N bags, C classes, K failed bags
+    boxes = arrays.get("boxes")
+    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
+        problems.append(f"boxes must be (N, 4), not {None if boxes is None else boxes.shape}")
+        return problems
+    n = boxes.shape[0]
+    if own.get("n_bags") != n or not _is_int(own.get("n_bags")):
+        problems.append(f"n_bags is {_short(own.get('n_bags'))} but boxes holds {n} bags")
+    c = len(names) if names is not None else None
+    for name, (_dtype, trailing) in _ARRAYS.items():
+        arr = arrays.get(name)
+        if arr is None or c is None or name == "boxes":
+            continue
+        if name == "slide_probs":
+            expected: tuple[int, ...] = (c,)
+        elif name == "failed_boxes":
+            expected = (arr.shape[0] if arr.ndim == 2 else -1, 4)
+        else:
+            expected = (n, *trailing(c))
+        if arr.shape != expected:
+            problems.append(f"{name} is {arr.shape}, expected {expected} for {n} bags and "
+                            f"{c} classes {names}")
+    emb = arrays.get("embeddings")
+    if emb is not None and (emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] < 1):
+        problems.append(f"embeddings is {emb.shape}, expected ({n}, E)")
+    failed = arrays.get("failed_boxes")
+    if failed is not None and reasons is not None and failed.ndim == 2 \
+            and failed.shape[0] != len(reasons):
+        problems.append(f"{failed.shape[0]} failed boxes but {len(reasons)} failure reasons")
+
+    # geometry: every box a bag_px square on the grid that starts inside the slide
+    if size is not None and bag_px is not None:
+        w, h = size
+        keys: list[np.ndarray] = []
+        for name in ("boxes", "failed_boxes"):
+            b = arrays.get(name)
+            if b is None or b.ndim != 2 or b.shape[1] != 4 or not b.shape[0]:
+                continue
+            b = b.astype(np.int64)
+            bad = ((b[:, 2] - b[:, 0] != bag_px) | (b[:, 3] - b[:, 1] != bag_px)
+                   | (b[:, 0] % bag_px != 0) | (b[:, 1] % bag_px != 0)
+                   | (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] >= w) | (b[:, 1] >= h))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                problems.append(
+                    f"{name}[{i}] = {b[i].tolist()} is not a {bag_px} px bag of the grid of "
+                    f"a {w} x {h} px slide ({int(bad.sum())} such box(es))")
+                continue
+            keys.append((b[:, 1] // bag_px) * (w // bag_px + 1) + b[:, 0] // bag_px)
+        if keys:
+            allk = np.concatenate(keys)
+            if np.unique(allk).size != allk.size:
+                problems.append("two boxes (analysed or failed) cover the same bag")
+    return problems
 
 
 def verify_store(path: str | os.PathLike) -> str | None:
     """None when *path* is a complete, verified results store holding nothing else.
 
-    Otherwise the reason (used to decide whether ``save(..., overwrite=True)`` may
-    delete it).
+    Otherwise the reason (used to decide whether a store may be skipped or replaced).
     """
     path = Path(path)
     if path.is_symlink():
@@ -412,8 +704,47 @@ def verify_store(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _replace_check(path: Path) -> str | None:
+    """``save(overwrite=True)``: None when *path* may be replaced -- a verified store
+    of this version, or a complete version-1 store (arrays verified against its
+    COMPLETE.json), holding nothing else."""
+    path = Path(path)
+    if path.is_symlink():
+        return "it is a symbolic link"
+    try:
+        _read_store(path, allow_legacy=True)
+    except ResultsError as exc:
+        return str(exc)
+    foreign = _foreign_entries(path, [*_ARRAYS, *_OPTIONAL_ARRAYS],
+                               marker_file=(path / MARKER_NAME).is_file())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        return f"it holds files that are not part of a results store ({shown})"
+    return None
+
+
+def _partial_store_check(path: Path) -> str | None:
+    """None when *path* (a stale ``.partial-`` folder of a killed save) holds only what
+    :meth:`SlideResult.save` writes, so it may be deleted."""
+    if path.is_symlink() or not path.is_dir():
+        return "it is not a folder"
+    meta = path / "zarr.json"
+    if meta.is_file():
+        try:
+            own = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})[ATTRS_KEY]
+            if own.get("format") != RESULTS_FORMAT:
+                raise ValueError("foreign")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "its zarr.json is not that of a napari-mran results store"
+    foreign = _foreign_entries(path, [*_ARRAYS, *_OPTIONAL_ARRAYS], zarr_temp=True)
+    if foreign:
+        return "it holds files a results store does not (" + ", ".join(foreign[:5]) + ")"
+    return None
+
+
 def is_results_store(path: str | os.PathLike) -> bool:
-    """True when *path* is a complete napari-mran results store (checksums not verified)."""
+    """True when *path* is a complete napari-mran results store of this version
+    (attributes, chunk counts and consistency verified; array checksums not)."""
     try:
         _read_store(Path(path), verify_checksums=False)
     except ResultsError:
@@ -560,7 +891,8 @@ class SlideResult:
                 fail(f"every box must be {bp} x {bp} px (bag_px)")
             if np.any(b[:, :2] % bp != 0):
                 fail(f"every box must start on the bag grid (x0, y0 multiples of {bp})")
-            if np.any(b[:, :2] < 0) or np.any(b[:, 2] > w) or np.any(b[:, 3] > h):
+            # partial edge bags (edge policy "pad") reach past the right/bottom edge
+            if np.any(b[:, :2] < 0) or np.any(b[:, 0] >= w) or np.any(b[:, 1] >= h):
                 fail(f"a box lies outside the slide ({w} x {h} px)")
             keys = (b[:, 1] // bp) * (w // bp + 1) + b[:, 0] // bp
             if np.unique(keys).size != keys.size:
@@ -595,9 +927,10 @@ class SlideResult:
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        """(rows, cols) of the whole bag grid of the slide."""
+        """(rows, cols) of the bag grid covering the whole slide (partial edge bags
+        included, as analysed with edge policy "pad"; NaN where nothing was analysed)."""
         w, h = self.slide_size
-        return (h // self.bag_px, w // self.bag_px)
+        return (-(-h // self.bag_px), -(-w // self.bag_px))
 
     @property
     def bag_rc(self) -> np.ndarray:
@@ -616,6 +949,13 @@ class SlideResult:
     def mpp_xy(self) -> tuple[float, float] | None:
         """(x, y) µm per level-0 px, or None."""
         return _mpp_pair(self.mpp)
+
+    @property
+    def model_is_demo(self) -> bool:
+        """True when the result was computed with the bundled synthetic demo model
+        (``provenance["model"]["demo"] is True``): every export then says so."""
+        model = self.provenance.get("model")
+        return isinstance(model, dict) and model.get("demo") is True
 
     @property
     def failed_bags(self) -> list[dict[str, Any]]:
@@ -734,6 +1074,12 @@ class SlideResult:
         vals = self.scores(level, weighting, value, class_index)
         k = _PIXELS_PER_BAG[level]
         rows, cols = self.grid_shape
+        if rows * k * cols * k > MAX_HEATMAP_PIXELS:
+            raise ResultsError(
+                f"the {level} heatmap of a {self.slide_size[0]} x {self.slide_size[1]} px "
+                f"slide with {self.bag_px} px bags would be {rows * k} x {cols * k} px, "
+                f"more than {MAX_HEATMAP_PIXELS} pixels"
+            )
         rc = self.bag_rc
         if level == "bag":
             data = np.full((rows, cols), np.nan, dtype=np.float32)
@@ -847,6 +1193,7 @@ class SlideResult:
                 "slide_probs": {n: float(p) for n, p in zip(self.class_names, self.slide_probs)},
                 "degraded": self.degraded,
                 "failed_bags": self.failed_bags,
+                "model_is_demo": self.model_is_demo,
             }
         )
         return clean
@@ -863,10 +1210,12 @@ class SlideResult:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write a ``.mran.zarr`` results store (zarr v3) atomically; return its path.
 
-        Built in a hidden temporary sibling folder, completed by the marker
-        ``COMPLETE.json`` (shapes, dtypes, sha256 of every array) and renamed onto
-        *path*.  An existing *path* is never touched unless ``overwrite=True``, and
-        then only if it is itself a verified results store holding nothing else.
+        Built in a hidden temporary sibling folder, completed by the marker attribute
+        ``napari_mran_checksums`` (sha256 of every array and of every attribute,
+        chunk-file counts) and renamed onto *path*.  An existing *path* is never
+        touched unless ``overwrite=True``, and then only if it is itself a verified
+        results store holding nothing else.  Stale ``.partial-`` folders of this
+        store name left by a killed save are removed first (rule: docs/formats.md).
         """
         final = Path(path)
         arrays = self._arrays()
@@ -884,20 +1233,22 @@ class SlideResult:
             "degraded": self.degraded,
             "failed_reasons": list(self.failed_reasons),
             "n_bags": self.n_bags,
+            "model_is_demo": self.model_is_demo,
         }
         own, _ = strict_json(own)
-        marker = {
-            "format": RESULTS_FORMAT,
-            "version": RESULTS_VERSION,
-            "arrays": {
-                name: {"shape": list(arr.shape), "dtype": arr.dtype.str, "sha256": _sha256(arr)}
-                for name, arr in arrays.items()
-            },
-        }
-        with atomic_dir(final, overwrite=overwrite, replace_check=verify_store) as tmp:
+        problems = _consistency_problems(own, self.provenance, arrays)
+        if problems:
+            raise ResultsError(f"{final}: cannot save this result: " + "; ".join(problems))
+        with atomic_dir(final, overwrite=overwrite, replace_check=_replace_check,
+                        stale_check=_partial_store_check) as tmp:
             try:
                 _zarr_write(tmp, arrays, {ATTRS_KEY: own, "provenance": self.provenance})
-                _mark_complete(tmp, own, marker)
+                table = {
+                    name: {"shape": list(arr.shape), "dtype": arr.dtype.str,
+                           "sha256": _sha256(arr), "chunk_files": _chunk_files(tmp, name)}
+                    for name, arr in arrays.items()
+                }
+                _mark_complete(tmp, own, _marker_body(table, own, self.provenance))
             except OSError:
                 raise
             except Exception as exc:
@@ -910,8 +1261,14 @@ class SlideResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify_checksums: bool = True) -> SlideResult:
-        """Read a results store written by :meth:`save`; ResultsError if it is
-        missing, partial (no completion marker), foreign or corrupt."""
+        """Read a results store written by :meth:`save`.
+
+        ResultsError naming the store and the reason if it is missing, partial (no
+        completion marker), foreign, corrupt, edited (an array or attribute that does
+        not match its checksum), inconsistent (attributes that do not fit the arrays,
+        implausible MPP or slide size) or of an older version (re-run the analysis).
+        ``verify_checksums=False`` skips only the array checksums (large stores).
+        """
         path = Path(path)
         _, attrs, arrays = _read_store(path, verify_checksums=verify_checksums)
         own = attrs.get(ATTRS_KEY, {})
@@ -929,7 +1286,7 @@ class SlideResult:
             )
         except ResultsError as exc:
             raise ResultsError(f"{path}: invalid results store: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ResultsError(
                 f"{path}: invalid results store metadata ({type(exc).__name__}: {exc})"
             ) from exc
@@ -937,18 +1294,11 @@ class SlideResult:
 
 
 def _mark_complete(folder: Path, own: dict[str, Any], marker: dict[str, Any]) -> None:
-    """Last writes before the rename: attribute ``complete: true`` then COMPLETE.json."""
-    _zarr_update_attrs(folder, {ATTRS_KEY: {**own, "complete": True}})
-    _write_json_file(folder / MARKER_NAME, marker)
-
-
-def _write_json_file(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(_dumps(obj, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """The last write before the rename: attribute ``complete: true`` and the
+    completion marker (with the checksum of its own canonical JSON), in one update of
+    the group's zarr.json."""
+    marker = {**marker, "sha256": _canonical_sha256(marker)}
+    _zarr_update_attrs(folder, {ATTRS_KEY: {**own, "complete": True}, CHECKSUMS_KEY: marker})
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

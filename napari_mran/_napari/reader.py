@@ -1,19 +1,28 @@
-"""npe2 reader contributions: whole-slide images as one lazy multiscale RGB layer, and
-``.mran.zarr`` results stores as their attention layers over the slide."""
+"""npe2 reader contributions: whole-slide images as one lazy multiscale RGB layer,
+``.mran.zarr`` results stores as their attention layers over the slide, and
+napari-mran's own heatmap exports (``.ome.tif`` / ``.ome.zarr``) as heatmap layers
+placed where the slide layer puts their pixels."""
 
 from __future__ import annotations
 
 import os
+
+import numpy as np
 
 from ..errors import MRANError, ResultsError, SlideError, UnsupportedFormatError
 from ..slide import open_slide
 from .layers import slide_layer_data
 
 
+_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+
+
 def get_reader(path):
     """Return a reader for ``path`` when it is a slide we can open, else None.
 
-    Unsupported files are declined (None) so other readers may try them.  A file
+    A heatmap OME-TIFF exported by napari-mran opens as a heatmap layer
+    (:func:`heatmap_layer_data`).  Unsupported files are declined (None) so other
+    readers may try them, floating-point TIFFs that are not ours included.  A file
     that looks like a slide but is damaged gets a reader that shows a napari
     notification with the reason and adds nothing (never a traceback dialog).
     """
@@ -22,6 +31,12 @@ def get_reader(path):
             return None
         path = path[0]
     path = os.fspath(path)
+    if path.lower().endswith(_TIFF_SUFFIXES) and os.path.isfile(path):
+        kind, meta = _sniff_tiff(path)
+        if kind == "heatmap":
+            return _heatmap_reader(meta)
+        if kind == "float":
+            return None  # not a slide, not ours: another reader may show it
     try:
         slide = open_slide(path)
     except UnsupportedFormatError:
@@ -156,3 +171,109 @@ def _warn(message: str) -> None:
         import warnings
 
         warnings.warn(message, stacklevel=3)
+
+
+# ------------------------------------------------------------------ heatmap exports
+
+def _sniff_tiff(path: str):
+    """``("heatmap", metadata)`` for our heatmap OME-TIFF, ``("float", None)`` for any
+    other TIFF with floating-point pixels, else ``(None, None)``."""
+    from ..export.heatmaps import read_heatmap_metadata
+
+    meta = read_heatmap_metadata(path)
+    if meta is not None:
+        return "heatmap", meta
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            if page.dtype is not None and page.dtype.kind == "f":
+                return "float", None
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the slide reader decides
+        pass
+    return None, None
+
+
+def get_heatmap_reader(path):
+    """Reader for a heatmap OME-Zarr exported by napari-mran (folder ``*.ome.zarr``);
+    declines (None) any other OME-Zarr so another plugin may open it."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = os.fspath(path).rstrip("/\\")
+    if not os.path.isdir(path):
+        return None
+    from ..export.heatmaps import read_heatmap_metadata
+
+    meta = read_heatmap_metadata(path)
+    return None if meta is None else _heatmap_reader(meta)
+
+
+def _heatmap_reader(meta: dict):
+    def read(path):
+        if isinstance(path, (list, tuple)):
+            path = path[0]
+        try:
+            return [heatmap_layer_data(os.fspath(path), meta)]
+        except Exception as exc:  # noqa: BLE001 - a damaged export: say why, add nothing
+            return _notifying_reader(ResultsError(f"{path}: {type(exc).__name__}: {exc}"),
+                                     what="heatmap")(path)
+    return read
+
+
+def heatmap_layer_data(path: str, meta: dict | None = None, viewer=None) -> tuple:
+    """``(data, kwargs, "image")`` of a heatmap exported by napari-mran.
+
+    Placed in the frame of its slide layer: that layer's own scale/translate when the
+    slide (recorded path) is open in *viewer*, else the frame napari-mran's slide
+    reader would give it (µm from the recorded MPP, else level-0 pixels).  Pixel
+    ``[0, 0]`` then covers the slide's top-left bag/patch/cell exactly, as the layers
+    of an analysis do.  NGFF readers that ignore ``translation`` (napari-ome-zarr
+    0.9+) place OME-Zarr heatmaps half a heatmap pixel up-left instead.
+    """
+    from ..export.heatmaps import heatmap_geometry, read_heatmap_levels, read_heatmap_metadata
+    from .layers import COLORMAPS, DEFAULT_OPACITY, SlideFrame, contrast_limits
+
+    if meta is None:
+        meta = read_heatmap_metadata(path)
+        if meta is None:
+            raise ResultsError(f"{path}: not a heatmap exported by napari-mran")
+    geometry = heatmap_geometry(meta)
+    if viewer is None:
+        viewer = _current_viewer()
+    slide_layer = _open_slide_layer(viewer, meta.get("slide_path"))
+    if slide_layer is not None:
+        frame = SlideFrame.from_layer(slide_layer)
+    elif geometry.mpp is not None:
+        frame = SlideFrame((geometry.mpp[1], geometry.mpp[0]), (0.0, 0.0), "um")
+    else:
+        frame = SlideFrame()
+    scale, translate = frame.heatmap_transform(geometry)
+    levels = read_heatmap_levels(path)
+    if geometry.value == "prob":
+        limits = [0.0, 1.0]
+    else:  # as the analysis layers: min-max of the full raster (of a small level if huge)
+        small = next((lv for lv in levels if np.prod(lv.shape) <= 2**24), levels[-1])
+        limits = list(contrast_limits(np.asarray(small[...])))
+    name = os.path.basename(path.rstrip("/\\"))
+    if meta.get("model_is_demo"):
+        name += " (demo model)"
+    kwargs = {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "colormap": COLORMAPS.get(geometry.level, "magma"),
+        "contrast_limits": limits,
+        "opacity": DEFAULT_OPACITY,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "metadata": {"mran_heatmap": meta, "mran_heatmap_path": os.path.abspath(path),
+                     "mran_level": geometry.level},
+        **frame.layer_units(),
+    }
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
+        return (levels, kwargs, "image")
+    return (levels[0], kwargs, "image")

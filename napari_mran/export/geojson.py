@@ -19,6 +19,12 @@ bag size or tissue rule (other boxes) gives other ids.
 
 A path ending in ``.gz`` is written gzip-compressed (QuPath reads ``.geojson.gz``).
 
+A result of the bundled demo model (``result.model_is_demo``) says so twice: a
+top-level member ``"napari_mran": {"model_is_demo": true, "note": ...}`` of the
+FeatureCollection (a GeoJSON "foreign member", RFC 7946 section 6.1, which QuPath
+ignores) and ``"model_is_demo": true`` in every feature's ``properties`` (kept when
+features are copied into another collection).  Results of other models carry neither.
+
 Strict JSON: non-finite numbers are never written.  A non-finite measurement is
 left out of that feature's ``measurements`` (QuPath reads a missing measurement as
 NaN, while a JSON ``null`` would break its reader); a feature whose probabilities
@@ -40,6 +46,7 @@ import numpy as np
 from napari_mran._atomic import atomic_file
 from napari_mran.results import (
     CELLS_PER_PATCH_SIDE,
+    DEMO_MODEL_NOTE,
     N_CELLS,
     N_PATCHES,
     PATCHES_PER_SIDE,
@@ -157,6 +164,7 @@ def export_geojson(
     class_names = result.class_names
     prob_keys = [f"prob_{n}" for n in class_names]
     id_base = f"{_fingerprint(result)}/{level}"
+    demo = result.model_is_demo
 
     def feature(idx: tuple[int, ...]) -> str:
         b = int(sel[idx[0]])
@@ -181,6 +189,8 @@ def export_geojson(
         values.update(zip(prob_keys, p_vals))
         measurements.update({k: v for k, v in values.items() if v is not None})
         props: dict = {"objectType": object_type, "name": name}
+        if demo:
+            props["model_is_demo"] = True
         finite = [(v, k) for k, v in enumerate(p_vals) if v is not None]
         if finite:
             best = max(finite, key=lambda t: (t[0], -t[1]))[1]
@@ -200,7 +210,11 @@ def export_geojson(
         # mtime=0: the same result gives byte-identical .gz files
         zipped = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else None
         fh = io.TextIOWrapper(zipped if compress else raw, encoding="utf-8", newline="\n")
-        fh.write('{"type":"FeatureCollection","features":[\n')
+        head = '{"type":"FeatureCollection",'
+        if demo:
+            head += json.dumps({"napari_mran": {"model_is_demo": True, "note": DEMO_MODEL_NOTE}},
+                               ensure_ascii=False, separators=(",", ":"))[1:-1] + ","
+        fh.write(head + '"features":[\n')
         first = True
         for idx in np.ndindex((sel.size, *per_bag_shape)):
             if not first:

@@ -5,6 +5,12 @@ bags) and add half-resolution levels (NaN-aware 2 x 2 mean) until the smallest
 level fits in one tile.  Pixel ``[0, 0]`` of the full-resolution level has its
 top-left corner at the slide's level-0 origin; one heatmap pixel is ``scale``
 level-0 px, i.e. ``scale * mpp`` µm.
+
+Both carry the same napari-mran metadata (:func:`heatmap_metadata`): in the OME-XML
+as a ``MapAnnotation`` of namespace ``napari-mran-heatmap`` (key ``napari_mran``,
+a JSON text), in the OME-Zarr as the ``napari_mran`` attribute.  napari-mran's reader
+finds its heatmaps by it (:func:`read_heatmap_metadata`).  A result of the demo model
+says so in the image name, the description and that metadata (``model_is_demo``).
 """
 
 from __future__ import annotations
@@ -18,45 +24,87 @@ import numpy as np
 
 from napari_mran._atomic import atomic_dir, atomic_path
 from napari_mran.errors import ResultsError
-from napari_mran.results import Heatmap, SlideResult, strict_json
+from napari_mran.results import DEMO_MODEL_NOTE, Heatmap, SlideResult, strict_json
 
-__all__ = ["HEATMAP_FORMAT", "export_ome_tiff", "export_ome_zarr", "ome_zarr_replace_check"]
+__all__ = [
+    "HEATMAP_FORMAT",
+    "export_ome_tiff",
+    "export_ome_zarr",
+    "heatmap_geometry",
+    "heatmap_metadata",
+    "ome_zarr_replace_check",
+    "read_heatmap_levels",
+    "read_heatmap_metadata",
+]
 
 HEATMAP_FORMAT = "napari-mran-heatmap"
+#: Key of the OME MapAnnotation entry (and of the OME-Zarr attribute) holding the metadata.
+METADATA_KEY = "napari_mran"
 
 
-def _metadata(result: SlideResult, heatmap: Heatmap, n_levels: int) -> dict[str, Any]:
-    clean, _ = strict_json(
-        {
-            "format": HEATMAP_FORMAT,
-            "version": 1,
-            "level": heatmap.level,
-            "weighting": heatmap.weighting,
-            "value": heatmap.value,
-            "class_index": heatmap.class_index,
-            "class_name": heatmap.class_name,
-            "scale_level0_px": list(heatmap.scale),
-            "translate_level0_px": list(heatmap.translate),
-            "mpp": None if heatmap.mpp is None else list(heatmap.mpp),
-            "n_levels": n_levels,
-            "downsampling": "NaN-aware 2x2 mean",
-            "slide": result.summary(),
-        }
-    )
+def heatmap_metadata(result: SlideResult, heatmap: Heatmap, n_levels: int) -> dict[str, Any]:
+    """The napari-mran metadata of an exported heatmap (strict JSON)."""
+    slide = result.provenance.get("slide")
+    slide_path = slide.get("path") if isinstance(slide, dict) else None
+    meta = {
+        "format": HEATMAP_FORMAT,
+        "version": 1,
+        "level": heatmap.level,
+        "weighting": heatmap.weighting,
+        "value": heatmap.value,
+        "class_index": heatmap.class_index,
+        "class_name": heatmap.class_name,
+        "scale_level0_px": list(heatmap.scale),
+        "translate_level0_px": list(heatmap.translate),
+        "mpp": None if heatmap.mpp is None else list(heatmap.mpp),
+        "n_levels": n_levels,
+        "downsampling": "NaN-aware 2x2 mean",
+        "model_is_demo": result.model_is_demo,
+        "slide_path": slide_path if isinstance(slide_path, str) else None,
+        "slide": result.summary(),
+    }
+    if result.model_is_demo:
+        meta["note"] = DEMO_MODEL_NOTE
+    clean, _ = strict_json(meta)
     return clean
+
+
+def _image_name(result: SlideResult, heatmap: Heatmap) -> str:
+    return f"MRAN {heatmap.name}" + (" (demo model)" if result.model_is_demo else "")
+
+
+def _description(result: SlideResult, heatmap: Heatmap) -> str:
+    sy, sx = heatmap.scale
+    text = (f"napari-mran {heatmap.name} heatmap of {result.slide_name or 'a slide'}: "
+            f"one pixel = {sx:g} x {sy:g} level-0 slide pixels, pixel [0, 0] at the "
+            "slide's origin; NaN = not analysed")
+    if result.model_is_demo:
+        text += f". {DEMO_MODEL_NOTE[0].upper()}{DEMO_MODEL_NOTE[1:]}"
+    return text
 
 
 # --------------------------------------------------------------------------- OME-TIFF
 
 
 def _tifffile_write(
-    path: Path, levels: list[np.ndarray], tile: int, px_um: tuple[float, float] | None, name: str
+    path: Path, levels: list[np.ndarray], tile: int, px_um: tuple[float, float] | None, name: str,
+    description: str = "", own: dict[str, Any] | None = None,
 ) -> None:
     """All tifffile calls: one pyramidal OME-TIFF, sub-resolutions in SubIFDs."""
+    import json
+
     import tifffile
 
     base = levels[0]
     metadata: dict[str, Any] = {"axes": "YX", "Name": name}
+    if description:
+        metadata["Description"] = description
+    if own is not None:
+        value = {METADATA_KEY: json.dumps(own, ensure_ascii=False, allow_nan=False,
+                                          separators=(",", ":"))}
+        if own.get("model_is_demo"):
+            value["model_is_demo"] = "true"
+        metadata["MapAnnotation"] = {"Namespace": HEATMAP_FORMAT, "Value": value}
     options: dict[str, Any] = {
         "photometric": "minisblack",
         "tile": (tile, tile),
@@ -101,10 +149,12 @@ def export_ome_tiff(
         raise ValueError(f"tile must be a positive multiple of 16, not {tile}")
     heatmap = result.heatmap(level, weighting, value, class_index)
     pyramid = heatmap.pyramid(min_size=tile)
+    own = heatmap_metadata(result, heatmap, len(pyramid))
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             _tifffile_write(
-                tmp, [h.data for h in pyramid], tile, heatmap.scale_um, f"MRAN {heatmap.name}"
+                tmp, [h.data for h in pyramid], tile, heatmap.scale_um,
+                _image_name(result, heatmap), _description(result, heatmap), own,
             )
         except (OSError, ResultsError):
             raise
@@ -183,21 +233,23 @@ def export_ome_zarr(
     multiscales = [
         {
             "version": "0.4",
-            "name": f"MRAN {heatmap.name}",
+            "name": _image_name(result, heatmap),
             "axes": [
                 {"name": "y", "type": "space", **axis_unit},
                 {"name": "x", "type": "space", **axis_unit},
             ],
             "datasets": datasets,
             "type": "mean",
-            "metadata": {"description": "NaN-aware 2x2 mean of the level above"},
+            "metadata": {"description": "NaN-aware 2x2 mean of the level above",
+                         "image": _description(result, heatmap)},
         }
     ]
-    own = _metadata(result, heatmap, len(pyramid))
+    own = heatmap_metadata(result, heatmap, len(pyramid))
     own["units"] = "micrometer" if units == "um" else "level-0 pixel"
     own["complete"] = True
-    attrs, _ = strict_json({"multiscales": multiscales, "napari_mran": own})
-    with atomic_dir(path, overwrite=overwrite, replace_check=ome_zarr_replace_check) as tmp:
+    attrs, _ = strict_json({"multiscales": multiscales, METADATA_KEY: own})
+    with atomic_dir(path, overwrite=overwrite, replace_check=ome_zarr_replace_check,
+                    stale_check=_partial_ome_zarr_check) as tmp:
         try:
             _zarr_write_ngff(tmp, [h.data for h in pyramid], chunk, attrs)
         except (OSError, ResultsError):
@@ -239,3 +291,113 @@ def ome_zarr_replace_check(path: Path) -> str | None:
     if foreign:
         return "it holds files that are not part of the heatmap (" + ", ".join(foreign[:5]) + ")"
     return None
+
+
+def _partial_ome_zarr_check(path: Path) -> str | None:
+    """None when *path* (a stale ``.partial-`` folder of a killed export) holds only
+    what :func:`export_ome_zarr` writes, so it may be deleted."""
+    import json
+
+    if path.is_symlink() or not path.is_dir():
+        return "it is not a folder"
+    if (path / ".zattrs").is_file():
+        try:
+            attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+            if attrs.get(METADATA_KEY, {}).get("format") != HEATMAP_FORMAT:
+                raise ValueError("foreign")
+        except (OSError, ValueError, AttributeError):
+            return "it is not an OME-Zarr heatmap written by napari-mran"
+    for root, dirs, files in os.walk(path):
+        if any(os.path.islink(os.path.join(root, d)) for d in dirs):
+            return "it holds a symbolic link"
+        for f in files:
+            rel = Path(root, f).relative_to(path).as_posix()
+            m = _ZARR_TEMP.match(rel)
+            if not _V2_FILE.match(m["base"] if m else rel):
+                return f"it holds files that are not part of a heatmap ({rel})"
+    return None
+
+
+# zarr's own temporary names (<key>.<uuid4 hex>.partial) inside a killed export
+_ZARR_TEMP = re.compile(r"^(?P<base>.+?)\.[0-9a-f]{32}\.partial$")
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def read_heatmap_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """napari-mran's metadata of a heatmap written by :func:`export_ome_tiff` or
+    :func:`export_ome_zarr`, or None for any other file or folder (never raises)."""
+    import json
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+            own = attrs.get(METADATA_KEY) if isinstance(attrs, dict) else None
+        elif path.is_file():
+            own = _ome_tiff_metadata(path)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
+        return None
+    if not isinstance(own, dict) or own.get("format") != HEATMAP_FORMAT:
+        return None
+    return own
+
+
+def _ome_tiff_metadata(path: Path) -> dict[str, Any] | None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_ome:
+            return None
+        xml = tif.ome_metadata
+    if not xml or HEATMAP_FORMAT not in xml:
+        return None
+    root = ET.fromstring(xml)
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] != "MapAnnotation" or el.get("Namespace") != HEATMAP_FORMAT:
+            continue
+        for m in el.iter():
+            if m.tag.rsplit("}", 1)[-1] == "M" and m.get("K") == METADATA_KEY:
+                return json.loads(m.text or "")
+    return None
+
+
+def read_heatmap_levels(path: str | os.PathLike) -> list[Any]:
+    """The pyramid levels of a heatmap export, full resolution first: numpy arrays
+    (OME-TIFF, read now) or lazy zarr arrays (OME-Zarr)."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        import zarr
+
+        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+        group = zarr.open_group(str(path), mode="r")
+        return [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return [np.asarray(level.asarray()) for level in tif.series[0].levels]
+
+
+def heatmap_geometry(meta: dict[str, Any]) -> Heatmap:
+    """An empty :class:`Heatmap` with the level-0 geometry recorded in *meta* (for
+    placing the export over its slide)."""
+    mpp = meta.get("mpp")
+    return Heatmap(
+        data=np.zeros((0, 0), np.float32),
+        scale=tuple(float(v) for v in meta["scale_level0_px"]),  # type: ignore[arg-type]
+        translate=tuple(float(v) for v in meta["translate_level0_px"]),  # type: ignore[arg-type]
+        level=str(meta.get("level", "bag")),
+        weighting=str(meta.get("weighting", "local")),
+        value=str(meta.get("value", "attention")),
+        class_index=meta.get("class_index"),
+        class_name=meta.get("class_name"),
+        mpp=None if mpp is None else (float(mpp[0]), float(mpp[1])),
+    )

@@ -1,5 +1,9 @@
 """CSV tables of bag/patch/cell scores and the provenance.json sidecar.
 
+A result computed with the bundled demo model (``result.model_is_demo``) gets one more,
+last column ``model_is_demo`` with ``true`` in every row, so the flag travels with
+every row that is copied elsewhere; results of other models have no such column.
+
 CSV cells that hold text and start like a spreadsheet formula (``= + - @``, tab,
 CR, LF, their full-width forms, or those after leading spaces) are prefixed with a
 single quote (OWASP "CSV injection"); numbers are never altered.  Missing (NaN)
@@ -18,6 +22,7 @@ import numpy as np
 from napari_mran._atomic import atomic_file
 from napari_mran.results import (
     CELLS_PER_PATCH_SIDE,
+    DEMO_MODEL_NOTE,
     LEVELS,
     N_CELLS,
     N_PATCHES,
@@ -82,6 +87,7 @@ def csv_columns(result: SlideResult, level: str) -> list[str]:
         "attention_global",
         "rank",
         *[f"prob_{name}" for name in result.class_names],
+        *(["model_is_demo"] if result.model_is_demo else []),
     ]
 
 
@@ -131,6 +137,8 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
         cols.append(r)
         pr = probs[start:stop].reshape(n_rows, result.n_classes)
         cols += [format_numbers(pr[:, k]) for k in range(result.n_classes)]
+        if result.model_is_demo:
+            cols.append(np.full(n_rows, "true", dtype=object))
         yield cols
 
 
@@ -147,7 +155,8 @@ def export_csv(
     Columns (see docs/formats.md): slide, ids and grid positions, level-0 box
     ``x0, y0, x1, y1``, ``attention`` (local: gamma/alpha/beta), ``attention_global``
     (gamma, gamma*alpha, gamma*alpha*beta), ``rank`` (1 = highest global attention
-    at that level), ``prob_<class>``.  The cell level is large (1024 rows per bag);
+    at that level), ``prob_<class>``, and ``model_is_demo`` (``true``) only when the
+    result comes from the demo model.  The cell level is large (1024 rows per bag);
     it is written in chunks.
     """
     if level not in LEVELS:
@@ -164,14 +173,16 @@ def export_csv(
 def export_provenance(
     result: SlideResult, path: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Write ``provenance.json``: a strict-JSON summary of *result* plus its provenance."""
+    """Write ``provenance.json``: a strict-JSON summary of *result* plus its provenance.
+
+    ``model_is_demo`` (top level) says whether the bundled demo model made the result;
+    when it did, ``demo_model_note`` says what that means.
+    """
+    head = {"format": PROVENANCE_FORMAT, "version": 1, "model_is_demo": result.model_is_demo}
+    if result.model_is_demo:
+        head["demo_model_note"] = DEMO_MODEL_NOTE
     body, _ = strict_json(
-        {
-            "format": PROVENANCE_FORMAT,
-            "version": 1,
-            "summary": result.summary(),
-            "provenance": result.provenance,
-        }
+        {**head, "summary": result.summary(), "provenance": result.provenance}
     )
     text = _dumps(body, indent=2) + "\n"
     with atomic_file(path, "w", overwrite=overwrite, encoding="utf-8") as fh:
