@@ -1008,6 +1008,16 @@ class SlideResult:
         )  # (N, 64, 16, 2)
         return np.concatenate([xy0, xy0 + cp], axis=-1)
 
+    def slide_boxes(self, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`level_boxes` clipped to the slide, and a mask of the objects that
+        overlap the slide at all.  Partial edge bags (edge policy ``"pad"``) reach past
+        the right/bottom edge; exports report only what lies on the slide."""
+        boxes = self.level_boxes(level)
+        w, h = self.slide_size
+        clipped = np.minimum(boxes, np.array([w, h, w, h], dtype=boxes.dtype))
+        inside = (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
+        return clipped, inside
+
     # -- scores ------------------------------------------------------------------------
 
     def _class_index(self, class_index: int | str) -> int:
@@ -1068,7 +1078,8 @@ class SlideResult:
         """Rasterise one level over the slide's whole bag grid.
 
         One pixel per bag (``level="bag"``), 8 x 8 per bag (patch) or 32 x 32 per bag
-        (cell); NaN where no tissue bag was analysed.  ``data[0, 0]``'s top-left
+        (cell); NaN where no tissue bag was analysed and where a pixel lies wholly past
+        the slide's edge (the padding of partial edge bags).  ``data[0, 0]``'s top-left
         corner is the slide's level-0 origin.
         """
         vals = self.scores(level, weighting, value, class_index)
@@ -1097,6 +1108,10 @@ class SlideResult:
             tiles[rc[:, 0], rc[:, 1]] = vals.reshape(-1, p, p, c, c)
             data = tiles.transpose(0, 2, 4, 1, 3, 5).reshape(rows * k, cols * k)
         step = self.bag_px / k
+        # pixels wholly past the slide's edge (padded edge bags): nothing is there
+        w, h = self.slide_size
+        data[np.arange(data.shape[0]) * step >= h, :] = np.nan
+        data[:, np.arange(data.shape[1]) * step >= w] = np.nan
         ci = None if value == "attention" else self._class_index(class_index)
         return Heatmap(
             data=np.ascontiguousarray(data, dtype=np.float32),

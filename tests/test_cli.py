@@ -161,15 +161,19 @@ def test_cmu1_analyze_then_export_every_format(tmp_path, capsys, cmu_small, mode
     assert {os.path.basename(p) for p in written} == expect
     assert sorted(p.name for p in ex.iterdir()) == sorted(expect)
 
-    n = result.n_bags
-    for level, per_bag in (("bags", 1), ("patches", 64), ("cells", 1024)):
+    # edge policy pad: the partial bag below reaches past the slide; exports hold only
+    # what lies on the slide (clipped geometry; patches/cells wholly outside left out)
+    assert result.boxes[:, 3].max() > h
+    for level, lv in (("bags", "bag"), ("patches", "patch"), ("cells", "cell")):
+        on_slide = int(result.slide_boxes(lv)[1].sum())
+        assert on_slide < result.n_bags * {"bag": 1, "patch": 64, "cell": 1024}[lv] or lv == "bag"
         gj = _strict(ex / f"{stem}.{level}.geojson")
-        assert gj["type"] == "FeatureCollection" and len(gj["features"]) == n * per_bag
+        assert gj["type"] == "FeatureCollection" and len(gj["features"]) == on_slide
         for f in gj["features"]:
             assert _inside(f["geometry"]["coordinates"], w, h)
             assert np.isfinite(f["properties"]["measurements"]["score"])
         rows = (ex / f"{stem}.{level}.csv").read_text().strip().splitlines()
-        assert len(rows) == 1 + n * per_bag
+        assert len(rows) == 1 + on_slide
     for level, px in (("bag", 2048), ("patch", 256), ("cell", 64)):
         lw = "local" if level == "bag" else "global"
         heat = result.heatmap(level, lw)

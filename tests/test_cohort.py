@@ -24,6 +24,7 @@ from napari_mran.model import MRAN, MRANConfig, save_model, sha256_of
 from napari_mran.results import SlideResult, verify_store
 from napari_mran._events import collect as drain
 from slide_writers import write_svs_pyramid
+from test_store_integrity import remove_completion_marker
 
 FORMULA = "=SUM(1+1)"  # a slide name a spreadsheet would evaluate (battery row 24)
 
@@ -152,7 +153,7 @@ def test_corrupt_or_partial_store_is_recomputed(data, cluster_run, tmp_path):
     raw = bytearray(chunk.read_bytes())
     raw[-1] ^= 0xFF
     chunk.write_bytes(bytes(raw))
-    (b / "COMPLETE.json").unlink()
+    remove_completion_marker(b)
     assert verify_store(a) and verify_store(b)
     untouched = stamp(c)
     events, summary = drain(predict_cohort(data["slides"], data["model"], out, workers=1))

@@ -43,6 +43,21 @@ def test_cmu1_whole_tissue_with_pad_and_authors_rule_with_drop(cmu_small, demo):
     assert dropped.grid_shape == (2, 2) and np.isnan(dropped.heatmap("bag").data).sum() == 3
 
 
+def test_padding_is_not_reported(cmu_small, demo):
+    """Heatmap pixels and patches/cells wholly past the slide's edge carry nothing."""
+    with open_slide(cmu_small) as slide:
+        result = predict_slide(slide, demo)
+    w, h = result.slide_size
+    cell = result.heatmap("cell").data  # 64 px cells: rows >= ceil(2967 / 64) are padding
+    assert cell.shape == (64, 64)
+    assert np.isnan(cell[-(-h // 64):]).all() and np.isfinite(cell[: h // 64, :32]).all()
+    boxes, inside = result.slide_boxes("patch")
+    assert boxes[..., 2].max() <= w and boxes[..., 3].max() <= h
+    # the partial bag starting at y 2048 keeps patch rows 0-3 (2048 + 4 * 256 > 2967)
+    i = [tuple(b) for b in result.boxes].index((0, 2048, 2048, 4096))
+    assert inside[i].reshape(8, 8).all(axis=1).tolist() == [True] * 4 + [False] * 4
+
+
 def test_partial_bag_store_round_trips(cmu_small, demo, tmp_path):
     with open_slide(cmu_small) as slide:
         result = predict_slide(slide, demo)

@@ -16,6 +16,7 @@ from napari_mran import results as results_mod
 from napari_mran.errors import OutputExistsError, ResultsError
 from napari_mran.results import Heatmap, SlideResult, is_results_store, strict_json, verify_store
 from procs import sigkill_when_ready
+from test_store_integrity import remove_completion_marker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +134,7 @@ def test_round_trip(tmp_path):
     )
     path = r.save(tmp_path / "s.mran.zarr")
     assert listing(tmp_path) == ["s.mran.zarr"]  # no temporary folder left
-    assert (path / "COMPLETE.json").is_file()
+    assert results_mod.CHECKSUMS_KEY in json.loads((path / "zarr.json").read_text())["attributes"]
     back = SlideResult.load(path)
     assert_same(r, back)
     assert back.mpp == (0.25, 0.26) and back.failed_bags == [
@@ -145,7 +146,7 @@ def test_round_trip(tmp_path):
     def reject(constant):
         raise AssertionError(f"non-strict JSON constant {constant}")
 
-    for name in ("zarr.json", "COMPLETE.json"):
+    for name in ("zarr.json",):
         json.loads((path / name).read_text(), parse_constant=reject)
 
 
@@ -158,7 +159,7 @@ def test_round_trip_without_bags(tmp_path):
 
 def test_store_without_marker_is_refused(tmp_path):
     path = make_result().save(tmp_path / "s.mran.zarr")
-    (path / "COMPLETE.json").unlink()
+    remove_completion_marker(path)
     with pytest.raises(ResultsError, match="incomplete"):
         SlideResult.load(path)
     assert not is_results_store(path)
@@ -258,7 +259,7 @@ def test_overwrite_never_deletes_foreign_files(tmp_path):
     assert (user / "slide.svs").read_text() == "data"
     # a partial store (no marker) is not ours to delete either
     partial = make_result().save(tmp_path / "p.mran.zarr")
-    (partial / "COMPLETE.json").unlink()
+    remove_completion_marker(partial)
     with pytest.raises(OutputExistsError, match="incomplete"):
         make_result().save(partial, overwrite=True)
     # a file in the way

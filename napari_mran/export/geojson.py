@@ -159,8 +159,11 @@ def export_geojson(
     probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[
         level
     ][sel]
-    boxes = result.level_boxes(level)[sel]
-    ranks = _rank_desc(score.reshape(-1)).reshape(score.shape)
+    # geometry clipped to the slide; patches/cells wholly past its edge (the padding of
+    # partial edge bags) are left out and not ranked
+    boxes, inside = result.slide_boxes(level)
+    boxes, inside = boxes[sel], inside[sel]
+    ranks = _rank_desc(np.where(inside, score, np.nan).reshape(-1)).reshape(score.shape)
     class_names = result.class_names
     prob_keys = [f"prob_{n}" for n in class_names]
     id_base = f"{_fingerprint(result)}/{level}"
@@ -217,6 +220,8 @@ def export_geojson(
         fh.write(head + '"features":[\n')
         first = True
         for idx in np.ndindex((sel.size, *per_bag_shape)):
+            if not inside[idx]:
+                continue
             if not first:
                 fh.write(",\n")
             fh.write(feature(idx))

@@ -96,10 +96,13 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
     per_bag = {"bag": 1, "patch": N_PATCHES, "cell": N_PATCHES * N_CELLS}[level]
     local = result.scores(level, "local")
     glob = result.scores(level, "global")
-    ranks = _rank_desc(glob.reshape(-1)).reshape(glob.shape)
-    ranks_txt_mask = np.isnan(glob)
+    # coordinates clipped to the slide; rows wholly past its edge (the padding of partial
+    # edge bags) are left out and not ranked
+    boxes, inside = result.slide_boxes(level)
+    ranked = np.where(inside, glob, np.nan)
+    ranks = _rank_desc(ranked.reshape(-1)).reshape(glob.shape)
+    ranks_txt_mask = np.isnan(ranked)
     probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[level]
-    boxes = result.level_boxes(level)
     rc = result.bag_rc
     bags_per_chunk = max(1, _ROWS_PER_CHUNK // per_bag)
     slide_cell = csv_safe(slide)
@@ -139,7 +142,8 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
         cols += [format_numbers(pr[:, k]) for k in range(result.n_classes)]
         if result.model_is_demo:
             cols.append(np.full(n_rows, "true", dtype=object))
-        yield cols
+        keep = inside[start:stop].reshape(-1)
+        yield cols if keep.all() else [c[keep] for c in cols]
 
 
 def export_csv(
@@ -153,7 +157,8 @@ def export_csv(
     """Write one CSV row per bag, patch or cell of *result*; return the path.
 
     Columns (see docs/formats.md): slide, ids and grid positions, level-0 box
-    ``x0, y0, x1, y1``, ``attention`` (local: gamma/alpha/beta), ``attention_global``
+    ``x0, y0, x1, y1`` (clipped to the slide; patches and cells wholly past its edge,
+    the padding of partial edge bags, have no row), ``attention`` (local: gamma/alpha/beta), ``attention_global``
     (gamma, gamma*alpha, gamma*alpha*beta), ``rank`` (1 = highest global attention
     at that level), ``prob_<class>``, and ``model_is_demo`` (``true``) only when the
     result comes from the demo model.  The cell level is large (1024 rows per bag);

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from test_store_integrity import remove_completion_marker
 from slide_writers import write_svs_pyramid
 
 from napari_mran._napari import layers as L
@@ -70,7 +71,7 @@ def test_incomplete_store_notifies(make_napari_viewer, tmp_path, slide_path, mon
     from napari.utils import notifications
 
     store = make_result(slide_path).save(tmp_path / "r.mran.zarr")
-    (store / "COMPLETE.json").unlink()  # an interrupted write
+    remove_completion_marker(store)  # an interrupted write
     seen = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(msg))
     reader = get_results_reader(str(store))
