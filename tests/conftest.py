@@ -39,3 +39,17 @@ def svs_pyramid(tmp_path_factory, cmu_pixels) -> Path:
     path = tmp_path_factory.mktemp("pyr") / "cmu-pyramid.svs"
     write_svs_pyramid(path, cmu_pixels, downsamples=(1, 2, 4), tile=256, mpp=0.499)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A random-init MRAN checkpoint (width 0.0625; classes normal, tumour): fast and
+    untrained, for tests of the plumbing around the model."""
+    import torch
+
+    from napari_mran.model import MRAN, MRANConfig, save_model
+
+    torch.manual_seed(1)
+    p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_model(MRAN(MRANConfig(width=0.0625, class_names=["normal", "tumour"])), p)
+    return p

@@ -13,21 +13,11 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_mran.cli import main
-from napari_mran.model import MRAN, MRANConfig, save_model
 from napari_mran.results import SlideResult
 from datafiles import shared
 from slide_writers import write_svs_pyramid
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(1)
-    p = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(MRAN(MRANConfig(width=0.0625, class_names=["normal", "tumour"])), p)
-    return p
 
 
 @pytest.fixture(scope="module")

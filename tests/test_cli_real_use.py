@@ -14,23 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import napari_mran.analysis as analysis_mod
 from napari_mran.cli import main
-from napari_mran.model import MRAN, MRANConfig, save_model
 from napari_mran.results import SlideResult
 from slide_writers import write_svs_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(5)
-    p = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(MRAN(MRANConfig(width=0.0625, class_names=["normal", "tumour"])), p)
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from napari_mran.analysis import predict_slide
 from napari_mran.brightfield import check_rgb, check_slide
 from napari_mran.cli import main
 from napari_mran.errors import AnalysisError
-from napari_mran.model import MRAN, MRANConfig, load_model, save_model
+from napari_mran.model import load_model
 from napari_mran.slide import open_slide
 from datafiles import shared
 from slide_writers import write_generic_pyramid, write_svs_pyramid
@@ -39,14 +38,6 @@ def _gradient(h=2048, w=2048) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     return np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1),
                      (xx + yy) * 255 // (w + h - 2)], axis=2).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(3)
-    p = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(MRAN(MRANConfig(width=0.0625, class_names=["normal", "tumour"])), p)
-    return p
 
 
 @pytest.fixture(scope="module")
