@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ __all__ = ["ALL", "parse_k", "parse_m", "restricted_prediction", "restriction_sw
 #: Spelling of "no restriction" in k and m lists (CLI, tables, JSON).
 ALL = "all"
 
-_READ_OPTIONS = ("batch_size", "device", "num_workers")
+_READ_OPTIONS = ("batch_size", "device", "num_workers", "amp")
 
 
 def parse_k(value: Any) -> int | None:
@@ -76,7 +75,7 @@ def _read_options(read_opts: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(read_opts) - set(_READ_OPTIONS))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; accepted: {list(_READ_OPTIONS)}")
-    opts = {"batch_size": 4, "device": "auto", "num_workers": None, **read_opts}
+    opts = {"batch_size": 4, "device": "auto", "num_workers": None, "amp": "auto", **read_opts}
     bs = opts["batch_size"]
     opts["batch_size"] = 4 if bs in (None, "auto") else max(1, int(bs))
     return opts
@@ -124,12 +123,16 @@ def _upstream(
 ) -> tuple[dict[int | None, np.ndarray], dict[int | None, np.ndarray], np.ndarray, list[dict]]:
     """Read the bags *bag_indices* once and run the upstream branch for each patch limit.
 
+    The analysis engine's own parts do it (:class:`~napari_mran.inference.reading.BagStream`
+    and :class:`~napari_mran.inference.forward.UpstreamRunner`): the same decoding,
+    channels-last input, AMP policy and batch halving on CUDA out-of-memory.
     Returns ``(embeddings, alpha, ok, failures)``: per limit (n, E) and (n, P) arrays
     in the order of *bag_indices*; ``ok`` (n,) bool marks bags read without error.
     """
-    import torch
+    from contextlib import closing
 
-    from .analysis import plan_reads, read_bag
+    from .inference.forward import UpstreamRunner, forward_with_oom_retry
+    from .inference.reading import BagStream, plan_reads
 
     cfg = model.config
     n = len(bag_indices)
@@ -142,35 +145,26 @@ def _upstream(
     if slide is None:
         raise AnalysisError("restricted predictions with a patch limit (or without stored "
                             "bag embeddings) need the slide to re-read the bags")
-    plan = plan_reads(slide, result.bag_px, cfg.input_px)
-    bs = opts["batch_size"]
+    boxes = result.boxes[bag_indices]
     threads = opts["num_workers"] or min(4, os.cpu_count() or 2)
-
-    def read(i: int):
-        return read_bag(slide, result.boxes[bag_indices[i]], plan)
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mran-faith") as pool:
-        for start in range(0, n, bs):
-            rows = list(range(start, min(n, start + bs)))
-            good, imgs = [], []
-            for i, (img, failed, _valid) in zip(rows, pool.map(read, rows)):
-                if failed:
-                    ok[i] = False
-                    box = [int(v) for v in result.boxes[bag_indices[i]]]
-                    failures.append({"bag_index": int(bag_indices[i]), "box": box,
-                                     "reason": "; ".join(failed[:3])})
-                else:
-                    good.append(i)
-                    imgs.append(img)
-            if not good:
+    stream = BagStream(slide, boxes, plan_reads(slide, result.bag_px, cfg.input_px),
+                       opts["batch_size"], workers=threads,
+                       prefetch=max(2 * opts["batch_size"], threads))
+    runners = {m: UpstreamRunner(model, device, amp=opts["amp"], top_k_patches=m)
+               for m in patch_limits}
+    with closing(iter(stream)) as batches:
+        for batch in batches:
+            for i, reason in batch.failed.items():
+                ok[i] = False
+                failures.append({"bag_index": int(bag_indices[i]),
+                                 "box": [int(v) for v in boxes[i]], "reason": reason})
+            if not batch.indices:
                 continue
-            x = torch.from_numpy(np.stack(imgs)).to(device).permute(0, 3, 1, 2)  # (b, 3, H, W)
-            x = x.float().div_(255.0)
-            with torch.inference_mode():
-                for m in patch_limits:
-                    out = model.forward_bags(x, top_k_patches=m)
-                    emb[m][good] = out.embedding.float().cpu().numpy()
-                    alpha[m][good] = out.alpha.float().cpu().numpy()
+            for m in patch_limits:
+                out, stream.batch_size = forward_with_oom_retry(runners[m], batch.images,
+                                                                device, stream.batch_size)
+                emb[m][batch.indices] = out["embedding"]
+                alpha[m][batch.indices] = out["alpha"]
     return emb, alpha, ok, failures
 
 
@@ -191,8 +185,9 @@ def restriction_sweep(
     model : the :class:`~napari_mran.model.MRAN` that made *result*.
     result : its :class:`~napari_mran.results.SlideResult`.
     k_list, m_list : bag and patch limits (ints, or ``"all"``/None).
-    read_opts : ``batch_size`` (bags per forward pass, default 4), ``device``
-        (``"auto"``), ``num_workers`` (decode threads).
+    read_opts : ``batch_size`` (bags per forward pass, default 4; halved on CUDA
+        out-of-memory), ``device`` (``"auto"``), ``num_workers`` (decode threads),
+        ``amp`` (``"auto"``: autocast on CUDA only, as the analysis).
 
     Returns
     -------
@@ -220,6 +215,10 @@ def restriction_sweep(
     k_max = max(sizes.values())
     device = pick_device(opts["device"])
     model = model.to(device).eval()
+    if device.type != "mps":
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
 
     stored = result.embeddings
     if stored is not None and stored.shape[1] != model.embedding_dim:

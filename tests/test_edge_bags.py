@@ -87,7 +87,7 @@ def test_slide_smaller_than_one_bag(tmp_path, cmu_pixels, demo):
 
 
 def test_unknown_edge_policy_is_refused(cmu_small, demo):
-    with open_slide(cmu_small) as slide, pytest.raises(AnalysisError, match="edge policy"):
+    with open_slide(cmu_small) as slide, pytest.raises(AnalysisError, match="edge must be one of"):
         predict_slide(slide, demo, edge="crop")
 
 
