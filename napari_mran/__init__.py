@@ -16,7 +16,7 @@ from .errors import (AnalysisError, CheckpointError, CorruptSlideError,  # noqa:
                      LabelsError, MRANError, OutputExistsError, ResourceLimitError,
                      ResultsError, SlideError, UnsupportedFormatError, UnsupportedPixelsError)
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 _LAZY = {
     "open_slide": "napari_mran.slide",

@@ -116,7 +116,8 @@ def _prepare_model(model: MRAN, dev: Any, opts: AnalysisOptions, n_bags: int) ->
 
     model = model.to(dev).eval()
     if dev.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stub of Module.to lacks memory_format
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     compile_now = opts.compile is True or (opts.compile == "auto" and dev.type == "cpu"
                                            and n_bags >= 64)
     return UpstreamRunner(model, dev, amp=opts.amp, compile=compile_now,
@@ -184,7 +185,7 @@ def _provenance(slide: Slide, model: MRAN, opts: AnalysisOptions, *, bag_px: int
                 ) -> dict[str, Any]:
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "software": {"napari_mran": __version__, "torch": torch.__version__,
@@ -244,15 +245,12 @@ def analyze_slide(slide: Slide | str | os.PathLike, model: MRAN,
     """
     opts = _options(options, kwargs)
     t_start = time.perf_counter()
-    own_slide = isinstance(slide, (str, os.PathLike))
-    if own_slide:
-        from .slide import open_slide
-        slide = open_slide(slide, mpp=opts.mpp)
-    try:
+    if not isinstance(slide, (str, os.PathLike)):
         return (yield from _analyze(slide, model, opts, t_start))
-    finally:
-        if own_slide:
-            slide.close()
+    from .slide import open_slide
+
+    with open_slide(slide, mpp=opts.mpp) as opened:
+        return (yield from _analyze(opened, model, opts, t_start))
 
 
 def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
@@ -287,16 +285,18 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
                              plan=plan, runner=runner, workers=workers, bs=bs,
                              timings=timings, outs=outs)
     cfg = model.config
+    names = list(cfg.class_names or ())
+    w0, h0 = slide.dimensions
     result = SlideResult(
         boxes=boxes[keep], bag_attention=gamma, bag_probs=outs.bag_probs[keep],
         patch_attention=outs.alpha[keep], patch_probs=outs.patch_probs[keep],
         cell_attention=outs.beta[keep], cell_probs=outs.cell_probs[keep],
-        slide_probs=slide_probs, class_names=list(cfg.class_names),
-        slide_size=tuple(int(v) for v in slide.dimensions), bag_px=bag_px, mpp=slide.mpp,
-        failed_boxes=boxes[failed], failed_reasons=[outs.failed_reasons[i] for i in failed],
+        slide_probs=slide_probs, class_names=names,
+        slide_size=(int(w0), int(h0)), bag_px=bag_px, mpp=slide.mpp,
+        failed_boxes=boxes[failed], failed_reasons=[outs.failed_reasons[int(i)] for i in failed],
         provenance=provenance, degraded=bool(len(failed)), embeddings=outs.embedding[keep])
     yield AnalysisProgress("done", n, n, int(len(failed)), message="slide: " + ", ".join(
-        f"{c} {p:.3f}" for c, p in zip(cfg.class_names, slide_probs)))
+        f"{c} {p:.3f}" for c, p in zip(names, slide_probs)))
     return result
 
 

@@ -111,7 +111,7 @@ def check_rgb(image: np.ndarray, valid: np.ndarray | None = None) -> InputCheck:
 def check_slide(slide, lowres: tuple | None = None) -> InputCheck:
     """Check a slide on its smallest level (or on ``lowres = (image, valid, ...)``)."""
     if lowres is None:
-        from .analysis import tissue_lowres
+        from .inference.reading import tissue_lowres
 
         lowres = tissue_lowres(slide)
     image, valid = lowres[0], lowres[1]

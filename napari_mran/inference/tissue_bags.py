@@ -56,14 +56,14 @@ def find_tissue_bags(slide: Slide, bag_px: int, method: str = "reference",
 
     opts = dict(options or {})
     w0, h0 = slide.dimensions
-    lowres, valid, down = lowres if lowres is not None else tissue_lowres(slide)
+    image, valid, down = lowres if lowres is not None else tissue_lowres(slide)
 
     def coverage(boxes) -> dict:
-        frac, n_px = tissue_coverage(lowres, down, boxes, valid=valid)
+        frac, n_px = tissue_coverage(image, down, boxes, valid=valid)
         return {"tissue_coverage": round(frac, 4), "tissue_coverage_pixels": n_px}
 
     if method not in ("reference", "exact"):
-        sel = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method=method,
+        sel = select_tissue_bags(image, down, (w0, h0), bag_px=bag_px, method=method,
                                  valid=valid, edge=edge, **opts)
         kept = np.flatnonzero(sel.kept)
         kboxes = np.asarray(sel.boxes, np.int64).reshape(-1, 4)
@@ -72,7 +72,7 @@ def find_tissue_bags(slide: Slide, bag_px: int, method: str = "reference",
     white_level = int(opts.pop("white_level", 127))
     max_white = float(opts.pop("max_white_fraction", 0.98))
     min_valid = float(opts.get("min_valid_fraction", 0.5))
-    cand = select_tissue_bags(lowres, down, (w0, h0), bag_px=bag_px, method="reference",
+    cand = select_tissue_bags(image, down, (w0, h0), bag_px=bag_px, method="reference",
                               white_level=220, max_white_fraction=0.999, valid=valid,
                               edge=edge, **opts)
     if method == "exact":  # every bag of the grid, at level 0: the authors' rule as is
@@ -118,7 +118,7 @@ def _white_fractions(slide: Slide, boxes: np.ndarray, level: int, bag_px: int, w
             rows = min(strip, side - r0)
             rr = slide.read_region_ex((int(box[0]), int(box[1] + round(r0 * d))), level,
                                       (side, rows), on_error="record")
-            is_white = (rr.pixels > white_level).all(-1)
+            is_white: np.ndarray = np.asarray((rr.pixels > white_level).all(-1))
             if rr.valid is None:
                 n_white += int(is_white.sum())
                 n_valid += is_white.size
