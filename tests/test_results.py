@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from napari_mran import results as results_mod
+from napari_mran.results import store as store_mod
 from napari_mran.errors import OutputExistsError, ResultsError
 from napari_mran.results import Heatmap, SlideResult, is_results_store, strict_json, verify_store
 from procs import sigkill_when_ready
@@ -169,7 +170,7 @@ def test_crash_before_marker_leaves_nothing(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash before the completion marker")
 
-    monkeypatch.setattr(results_mod, "_mark_complete", crash)
+    monkeypatch.setattr(store_mod, "mark_complete", crash)
     with pytest.raises(ResultsError, match="simulated crash"):
         make_result().save(tmp_path / "s.mran.zarr")
     assert listing(tmp_path) == []  # neither the final name nor a temporary folder
@@ -183,12 +184,12 @@ def test_sigkill_during_save_never_leaves_a_store_under_the_final_name(tmp_path)
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from napari_mran import results
+        from napari_mran.results import store
         from test_results import make_result
         def hang(*a, **k):
             open({str(tmp_path / "ready")!r}, "w").close()
             time.sleep(60)
-        results._mark_complete = hang
+        store.mark_complete = hang
         make_result().save({str(final)!r})
         """
     )
@@ -456,7 +457,7 @@ def test_disk_full_during_save_is_a_clear_error(tmp_path, monkeypatch):
         (Path(folder) / "zarr.json").write_text("{}")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results_mod, "_zarr_write", full)
+    monkeypatch.setattr(store_mod, "zarr_write", full)
     with pytest.raises(ResultsError, match="no space left"):
         make_result().save(tmp_path / "s.mran.zarr")
     assert listing(tmp_path) == []
@@ -466,14 +467,14 @@ def test_concurrent_writer_wins_and_is_not_clobbered(tmp_path, monkeypatch):
     """Another run publishes the same store while we write: we refuse, theirs stays."""
     final = tmp_path / "s.mran.zarr"
     theirs = make_result(seed=9)
-    real_mark = results_mod._mark_complete
+    real_mark = store_mod.mark_complete
 
     def other_run_finishes_first(folder, own, marker):
         real_mark(folder, own, marker)
-        monkeypatch.setattr(results_mod, "_mark_complete", real_mark)
+        monkeypatch.setattr(store_mod, "mark_complete", real_mark)
         theirs.save(final)
 
-    monkeypatch.setattr(results_mod, "_mark_complete", other_run_finishes_first)
+    monkeypatch.setattr(store_mod, "mark_complete", other_run_finishes_first)
     with pytest.raises(OutputExistsError, match="created while writing"):
         make_result(seed=1).save(final)
     assert_same(theirs, SlideResult.load(final))

@@ -286,12 +286,12 @@ def _hanging_save(final: Path, ready: Path) -> subprocess.Popen:
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {str(HERE)!r})
-        from napari_mran import results
+        from napari_mran.results import store
         from test_store_integrity import make_result
         def hang(*a, **k):
             open({str(ready)!r}, "w").close()
             time.sleep(120)
-        results._mark_complete = hang
+        store.mark_complete = hang
         make_result().save({str(final)!r})
         """
     )

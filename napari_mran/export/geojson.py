@@ -51,8 +51,8 @@ from napari_mran.results import (
     N_PATCHES,
     PATCHES_PER_SIDE,
     SlideResult,
-    _rank_desc,
 )
+from napari_mran.results.scores import rank_desc
 
 __all__ = ["DEFAULT_CLASS_COLORS", "MAX_CELL_BAGS", "export_geojson"]
 
@@ -163,7 +163,7 @@ def export_geojson(
     # partial edge bags) are left out and not ranked
     boxes, inside = result.slide_boxes(level)
     boxes, inside = boxes[sel], inside[sel]
-    ranks = _rank_desc(np.where(inside, score, np.nan).reshape(-1)).reshape(score.shape)
+    ranks = rank_desc(np.where(inside, score, np.nan).reshape(-1)).reshape(score.shape)
     class_names = result.class_names
     prob_keys = [f"prob_{n}" for n in class_names]
     id_base = f"{_fingerprint(result)}/{level}"

@@ -28,10 +28,10 @@ from napari_mran.results import (
     N_PATCHES,
     PATCHES_PER_SIDE,
     SlideResult,
-    _dumps,
-    _rank_desc,
     strict_json,
 )
+from napari_mran.results.scores import rank_desc
+from napari_mran.results.strict import dumps
 
 __all__ = ["csv_columns", "csv_safe", "export_csv", "export_provenance", "format_numbers"]
 
@@ -100,7 +100,7 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
     # edge bags) are left out and not ranked
     boxes, inside = result.slide_boxes(level)
     ranked = np.where(inside, glob, np.nan)
-    ranks = _rank_desc(ranked.reshape(-1)).reshape(glob.shape)
+    ranks = rank_desc(ranked.reshape(-1)).reshape(glob.shape)
     ranks_txt_mask = np.isnan(ranked)
     probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[level]
     rc = result.bag_rc
@@ -189,7 +189,7 @@ def export_provenance(
     body, _ = strict_json(
         {**head, "summary": result.summary(), "provenance": result.provenance}
     )
-    text = _dumps(body, indent=2) + "\n"
+    text = dumps(body, indent=2) + "\n"
     with atomic_file(path, "w", overwrite=overwrite, encoding="utf-8") as fh:
         fh.write(text)
     return Path(path)
