@@ -381,6 +381,12 @@ class MRAN(nn.Module):
     fix tensor shapes.
     """
 
+    # Set by load_model (and by callers that load weights themselves): where the weights
+    # came from, for provenance.  Annotations only: a fresh model has none of them.
+    checkpoint_path: str
+    checkpoint_sha256: str
+    is_demo: bool
+
     def __init__(self, config: MRANConfig | None = None) -> None:
         super().__init__()
         config = MRANConfig() if config is None else config
