@@ -13,16 +13,13 @@ size of the downstream branch (32), ``C`` classes and ``N`` bags of one slide.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from napari_mran.model.resnet import TRUNK_STRIDE, ResNetTrunk, stage_widths
+from napari_mran.model.config import STRUCTURAL_FIELDS, MRANConfig, is_int
+from napari_mran.model.resnet import ResNetTrunk
 
 __all__ = [
     "MRANConfig",
@@ -34,173 +31,6 @@ __all__ = [
     "normalise_weights",
     "attention_from_norms",
 ]
-
-# Generous sanity caps: far above anything meaningful, far below what would exhaust memory.
-_MAX_CLASSES = 1000
-_MAX_WIDTH = 8.0
-_MAX_HIDDEN = 65536
-_MAX_PX = 1 << 20
-
-# Fields that fix the tensor shapes of a model; they cannot change on a built model.
-_STRUCTURAL_FIELDS = ("n_classes", "width", "hidden", "input_px", "patch_px", "grid", "cell_grid")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class MRANConfig:
-    """Everything needed to rebuild an MRAN and interpret its outputs (JSON-serialisable).
-
-    Attributes:
-        n_classes: number of classes ``C`` (>= 2).
-        class_names: one unique, non-empty name per class; defaults to ``class_0``, ``class_1``, ...
-        width: ResNet width multiplier (stage widths ``round(64 w)``, ..., ``round(512 w)``);
-            the embedding size ``E`` is the last width. 1.0 is the published model.
-        hidden: hidden units of the downstream branch (32 in the paper).
-        threshold: attention threshold ``t`` applied at every level: weights below
-            ``t / K`` (cells), ``t / P`` (patches), ``t / N`` (bags) are removed before
-            renormalising. 0.1 in the paper; 0 disables it. Must be in ``[0, 1)``.
-        bag_px: side of a bag at level 0 of the slide, in pixels (2048 in the paper).
-        input_px: side of the bag image fed to the network (1024); ``grid * patch_px``.
-        patch_px: side of one patch in network pixels (128); ``cell_grid * 32``.
-        grid: patches per bag side (8).
-        cell_grid: cells per patch side (4), the side of the trunk's output map.
-        provenance: free-form, JSON-serialisable training/import provenance.
-        tiling: free-form, JSON-serialisable tiling parameters (tissue filter, level, ...).
-    """
-
-    n_classes: int = 2
-    class_names: tuple[str, ...] | None = None
-    width: float = 1.0
-    hidden: int = 32
-    threshold: float = 0.1
-    bag_px: int = 2048
-    input_px: int = 1024
-    patch_px: int = 128
-    grid: int = 8
-    cell_grid: int = 4
-    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
-    tiling: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen dataclass: normalise fields in place
-        for name in ("n_classes", "hidden", "bag_px", "input_px", "patch_px", "grid", "cell_grid"):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise ValueError(f"MRANConfig.{name} must be an integer, got {value!r}")
-        if not 2 <= self.n_classes <= _MAX_CLASSES:
-            raise ValueError(f"MRANConfig.n_classes must be in [2, {_MAX_CLASSES}], got {self.n_classes}")
-        if not 1 <= self.hidden <= _MAX_HIDDEN:
-            raise ValueError(f"MRANConfig.hidden must be in [1, {_MAX_HIDDEN}], got {self.hidden}")
-        for name in ("bag_px", "input_px", "patch_px", "grid", "cell_grid"):
-            value = getattr(self, name)
-            if not 1 <= value <= _MAX_PX:
-                raise ValueError(f"MRANConfig.{name} must be in [1, {_MAX_PX}], got {value}")
-
-        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)):
-            raise ValueError(f"MRANConfig.width must be a number, got {self.width!r}")
-        width = float(self.width)
-        if not (math.isfinite(width) and 0.0 < width <= _MAX_WIDTH):
-            raise ValueError(f"MRANConfig.width must be in (0, {_MAX_WIDTH}], got {self.width!r}")
-        stage_widths(width)  # raises ValueError if a stage would have no channels
-        set_(self, "width", width)
-
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise ValueError(f"MRANConfig.threshold must be a number, got {self.threshold!r}")
-        threshold = float(self.threshold)
-        if not (math.isfinite(threshold) and 0.0 <= threshold < 1.0):
-            raise ValueError(f"MRANConfig.threshold must be in [0, 1) (0 disables it), got {self.threshold!r}")
-        set_(self, "threshold", threshold)
-
-        if self.input_px != self.grid * self.patch_px:
-            raise ValueError(
-                f"MRANConfig: input_px ({self.input_px}) must equal grid * patch_px ({self.grid} * {self.patch_px})"
-            )
-        if self.patch_px != self.cell_grid * TRUNK_STRIDE:
-            raise ValueError(
-                f"MRANConfig: patch_px ({self.patch_px}) must equal cell_grid * {TRUNK_STRIDE} "
-                f"({self.cell_grid} * {TRUNK_STRIDE}), the trunk's output map side"
-            )
-
-        names = self.class_names
-        if names is None:
-            names = tuple(f"class_{i}" for i in range(self.n_classes))
-        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
-            raise ValueError(f"MRANConfig.class_names must be a list of strings, got {names!r}")
-        names = tuple(names)
-        if len(names) != self.n_classes:
-            raise ValueError(f"MRANConfig.class_names has {len(names)} names for {self.n_classes} classes")
-        if not all(isinstance(n, str) and n.strip() for n in names):
-            raise ValueError(f"MRANConfig.class_names must be non-empty strings, got {list(names)!r}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"MRANConfig.class_names must be unique, got {list(names)!r}")
-        set_(self, "class_names", names)
-
-        for name in ("provenance", "tiling"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                raise ValueError(f"MRANConfig.{name} must be a dict, got {type(value).__name__}")
-            try:
-                # Round trip: checks JSON-serialisability and takes a private copy.
-                copy = json.loads(json.dumps(dict(value), allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"MRANConfig.{name} is not JSON-serialisable: {exc}") from None
-            set_(self, name, copy)
-
-    # -- derived geometry -------------------------------------------------------------
-    @property
-    def n_patches(self) -> int:
-        """Patches per bag ``P`` (64)."""
-        return self.grid * self.grid
-
-    @property
-    def n_cells(self) -> int:
-        """Cells per patch ``K`` (16)."""
-        return self.cell_grid * self.cell_grid
-
-    @property
-    def embedding_dim(self) -> int:
-        """Embedding size ``E`` (512 at width 1)."""
-        return stage_widths(self.width)[-1]
-
-    # -- (de)serialisation --------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict of every field (class_names as a list)."""
-        out = dataclasses.asdict(self)
-        out["class_names"] = list(self.class_names or ())
-        return out
-
-    def to_json(self) -> str:
-        """Compact, key-sorted JSON text of :meth:`to_dict`."""
-        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MRANConfig:
-        """Build and validate a config from :meth:`to_dict` output.
-
-        Missing fields take their defaults; unknown fields are an error.
-
-        Raises:
-            ValueError: unknown field names or invalid values.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"an MRAN config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"unknown MRAN config field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
-
-    @classmethod
-    def from_json(cls, text: str) -> MRANConfig:
-        """Inverse of :meth:`to_json`. Raises ValueError on bad JSON or bad values."""
-        try:
-            data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"MRAN config is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
 
 
 class BagOutput(NamedTuple):
@@ -405,7 +235,7 @@ class MRAN(nn.Module):
     def config(self, value: MRANConfig) -> None:
         if not isinstance(value, MRANConfig):
             raise TypeError(f"config must be an MRANConfig, got {type(value).__name__}")
-        changed = [f for f in _STRUCTURAL_FIELDS if getattr(value, f) != getattr(self._config, f)]
+        changed = [f for f in STRUCTURAL_FIELDS if getattr(value, f) != getattr(self._config, f)]
         if changed:
             raise ValueError(f"cannot change {', '.join(changed)} of a built model; build a new MRAN instead")
         self._config = value
@@ -440,7 +270,7 @@ class MRAN(nn.Module):
             raise ValueError(f"forward_bags expects (n >= 1, 3, {cfg.input_px}, {cfg.input_px}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"forward_bags expects float pixels in [0, 1], got dtype {x.dtype} (divide uint8 by 255)")
-        if top_k_patches is not None and (not _is_int(top_k_patches) or not 1 <= top_k_patches <= cfg.n_patches):
+        if top_k_patches is not None and (not is_int(top_k_patches) or not 1 <= top_k_patches <= cfg.n_patches):
             raise ValueError(f"top_k_patches must be an integer in [1, {cfg.n_patches}], got {top_k_patches!r}")
         return self.upstream(x, cfg.threshold, top_k_patches)
 
