@@ -38,8 +38,9 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ from napari_mran.results import (
     SlideResult,
 )
 from napari_mran.results.scores import rank_desc
+from napari_mran.vocab import LEVELS, WEIGHTINGS, check_choice
 
 __all__ = ["DEFAULT_CLASS_COLORS", "MAX_CELL_BAGS", "export_geojson"]
 
@@ -131,10 +133,21 @@ def export_geojson(
     the exported features), ``prob_<class>``.  Classification: the class with the
     highest probability at that level.
     """
-    if level not in ("bag", "patch", "cell"):
-        raise ValueError(f"level must be 'bag', 'patch' or 'cell', not {level!r}")
-    if weighting not in ("local", "global"):
-        raise ValueError(f"weighting must be 'local' or 'global', not {weighting!r}")
+    object_type, colors = _check_options(level, weighting, bags, object_type, class_colors)
+    sel = _bag_selection(result, bags)
+    if level == "cell" and sel.size > MAX_CELL_BAGS:
+        raise ValueError(f"cell polygons: at most {MAX_CELL_BAGS} bags at a time, got {sel.size}")
+    features = _LevelFeatures(result, level, weighting, sel, object_type, colors)
+    _write_collection(path, features, overwrite=overwrite)
+    return Path(path)
+
+
+def _check_options(level: str, weighting: str, bags: Iterable[int] | None,
+                   object_type: str | None, class_colors: Sequence[Sequence[int]] | None
+                   ) -> tuple[str, list[tuple[int, ...]]]:
+    """``(object type, class colours)`` after checking the options (ValueError)."""
+    check_choice("level", level, LEVELS)
+    check_choice("weighting", weighting, WEIGHTINGS)
     if object_type is None:
         object_type = LEVEL_OBJECT_TYPES[level]
     if object_type not in OBJECT_TYPES:
@@ -145,93 +158,115 @@ def export_geojson(
             "cell polygons are exported only for chosen bags (pass bags=[...]); "
             "use the cell heatmap (OME-TIFF/OME-Zarr) or CSV for the whole slide"
         )
-    sel = _bag_selection(result, bags)
-    if level == "cell" and sel.size > MAX_CELL_BAGS:
-        raise ValueError(f"cell polygons: at most {MAX_CELL_BAGS} bags at a time, got {sel.size}")
     colors = [tuple(int(v) for v in c) for c in (class_colors or DEFAULT_CLASS_COLORS)]
     if not colors or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
         raise ValueError("class_colors must be RGB triples in 0-255")
+    return object_type, colors
 
-    per_bag_shape = {"bag": (), "patch": (N_PATCHES,), "cell": (N_PATCHES, N_CELLS)}[level]
-    local = result.scores(level, "local")[sel]
-    glob = result.scores(level, "global")[sel]
-    score = glob if weighting == "global" else local
-    probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[
-        level
-    ][sel]
-    # geometry clipped to the slide; patches/cells wholly past its edge (the padding of
-    # partial edge bags) are left out and not ranked
-    boxes, inside = result.slide_boxes(level)
-    boxes, inside = boxes[sel], inside[sel]
-    ranks = rank_desc(np.where(inside, score, np.nan).reshape(-1)).reshape(score.shape)
-    class_names = result.class_names
-    prob_keys = [f"prob_{n}" for n in class_names]
-    id_base = f"{_fingerprint(result)}/{level}"
-    demo = result.model_is_demo
 
-    def feature(idx: tuple[int, ...]) -> str:
-        b = int(sel[idx[0]])
+class _LevelFeatures:
+    """The features of one level of the selected bags, one JSON text each."""
+
+    def __init__(self, result: SlideResult, level: str, weighting: str, sel: np.ndarray,
+                 object_type: str, colors: list[tuple[int, ...]]):
+        self.level, self.sel, self.object_type, self.colors = level, sel, object_type, colors
+        self.per_bag_shape = {"bag": (), "patch": (N_PATCHES,),
+                              "cell": (N_PATCHES, N_CELLS)}[level]
+        self.local = result.scores(level, "local")[sel]
+        self.glob = result.scores(level, "global")[sel]
+        self.score = self.glob if weighting == "global" else self.local
+        self.probs = {"bag": result.bag_probs, "patch": result.patch_probs,
+                      "cell": result.cell_probs}[level][sel]
+        # geometry clipped to the slide; patches/cells wholly past its edge (the padding
+        # of partial edge bags) are left out and not ranked
+        boxes, inside = result.slide_boxes(level)
+        self.boxes, self.inside = boxes[sel], inside[sel]
+        self.ranks = rank_desc(np.where(self.inside, self.score, np.nan).reshape(-1)
+                               ).reshape(self.score.shape)
+        self.class_names = result.class_names
+        self.prob_keys = [f"prob_{n}" for n in self.class_names]
+        self.id_base = f"{_fingerprint(result)}/{level}"
+        self.demo = result.model_is_demo
+
+    def indices(self) -> Iterator[tuple[int, ...]]:
+        """Index of every feature that lies on the slide."""
+        for idx in np.ndindex((self.sel.size, *self.per_bag_shape)):
+            if self.inside[idx]:
+                yield idx
+
+    def _name(self, idx: tuple[int, ...]) -> tuple[str, dict[str, float | int]]:
+        b = int(self.sel[idx[0]])
         measurements: dict[str, float | int] = {"bag_index": b}
         name = f"bag {b}"
-        if level in ("patch", "cell"):
+        if self.level in ("patch", "cell"):
             p = idx[1]
             measurements["patch_index"] = p
             name += f" patch {p} (row {p // PATCHES_PER_SIDE}, col {p % PATCHES_PER_SIDE})"
-        if level == "cell":
+        if self.level == "cell":
             c = idx[2]
             measurements["cell_index"] = c
             name += f" cell {c} (row {c // CELLS_PER_PATCH_SIDE}, col {c % CELLS_PER_PATCH_SIDE})"
+        return name, measurements
+
+    def properties(self, idx: tuple[int, ...]) -> dict[str, Any]:
+        name, measurements = self._name(idx)
         values = {
-            "attention": _num(local[idx]),
-            "attention_global": _num(glob[idx]),
-            "score": _num(score[idx]),
+            "attention": _num(self.local[idx]),
+            "attention_global": _num(self.glob[idx]),
+            "score": _num(self.score[idx]),
         }
         if values["score"] is not None:
-            values["rank"] = int(ranks[idx])
-        p_vals = [_num(v) for v in probs[idx]]
-        values.update(zip(prob_keys, p_vals))
+            values["rank"] = int(self.ranks[idx])
+        p_vals = [_num(v) for v in self.probs[idx]]
+        values.update(zip(self.prob_keys, p_vals))
         measurements.update({k: v for k, v in values.items() if v is not None})
-        props: dict = {"objectType": object_type, "name": name}
-        if demo:
+        props: dict[str, Any] = {"objectType": self.object_type, "name": name}
+        if self.demo:
             props["model_is_demo"] = True
         finite = [(v, k) for k, v in enumerate(p_vals) if v is not None]
         if finite:
             best = max(finite, key=lambda t: (t[0], -t[1]))[1]
             props["classification"] = {
-                "name": class_names[best],
-                "color": list(colors[best % len(colors)]),
+                "name": self.class_names[best],
+                "color": list(self.colors[best % len(self.colors)]),
             }
         props["measurements"] = measurements
-        box = ",".join(f"{float(v):g}" for v in boxes[idx])  # ties the id to the geometry
-        key = "/".join([id_base, str(b), *(str(int(i)) for i in idx[1:]), box])
+        return props
+
+    def feature(self, idx: tuple[int, ...]) -> str:
+        box = ",".join(f"{float(v):g}" for v in self.boxes[idx])  # ties the id to the geometry
+        key = "/".join([self.id_base, str(int(self.sel[idx[0]])),
+                        *(str(int(i)) for i in idx[1:]), box])
         feat = {"type": "Feature", "id": str(uuid.uuid5(ID_NAMESPACE, key)),
-                "geometry": _polygon(boxes[idx]), "properties": props}
+                "geometry": _polygon(self.boxes[idx]), "properties": self.properties(idx)}
         return json.dumps(feat, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
+
+def _write_collection(path: str | os.PathLike, features: _LevelFeatures, *,
+                      overwrite: bool) -> None:
+    """The FeatureCollection, one feature a line; gzip-compressed for a ``.gz`` path."""
     compress = os.fspath(path).lower().endswith(".gz")
     with atomic_file(path, "wb", overwrite=overwrite) as raw:
         # mtime=0: the same result gives byte-identical .gz files
         zipped = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress else None
-        fh = io.TextIOWrapper(zipped if compress else raw, encoding="utf-8", newline="\n")
+        target = zipped if zipped is not None else raw
+        fh = io.TextIOWrapper(target, encoding="utf-8", newline="\n")
         head = '{"type":"FeatureCollection",'
-        if demo:
+        if features.demo:
             head += json.dumps({"napari_mran": {"model_is_demo": True, "note": DEMO_MODEL_NOTE}},
                                ensure_ascii=False, separators=(",", ":"))[1:-1] + ","
         fh.write(head + '"features":[\n')
         first = True
-        for idx in np.ndindex((sel.size, *per_bag_shape)):
-            if not inside[idx]:
-                continue
+        for idx in features.indices():
             if not first:
                 fh.write(",\n")
-            fh.write(feature(idx))
+            fh.write(features.feature(idx))
             first = False
         fh.write("\n]}\n")
         fh.flush()
         fh.detach()  # leave *raw* open: atomic_file syncs and publishes it
         if zipped is not None:
             zipped.close()  # writes the gzip trailer into *raw*
-    return Path(path)
 
 
 def _fingerprint(result: SlideResult) -> str:

@@ -129,17 +129,9 @@ def _tifffile_write(
             tif.write(arr, subfiletype=1, resolution=res, **options)
 
 
-def export_ome_tiff(
-    result: SlideResult,
-    path: str | os.PathLike,
-    *,
-    level: str = "patch",
-    weighting: str = "local",
-    value: str = "attention",
-    class_index: int | str = 1,
-    tile: int = 256,
-    overwrite: bool = False,
-) -> Path:
+def export_ome_tiff(result: SlideResult, path: str | os.PathLike, *, level: str = "patch",
+                    weighting: str = "local", value: str = "attention", class_index: int | str = 1,
+                    tile: int = 256, overwrite: bool = False) -> Path:
     """Write a heatmap as a tiled, pyramidal float32 OME-TIFF; return the path.
 
     PhysicalSizeX/Y (µm) are set when the result knows its MPP (heatmap pixel =
@@ -192,17 +184,9 @@ def _zarr_write_ngff(
     group.attrs.update(attrs)  # last: the metadata that makes it an image
 
 
-def export_ome_zarr(
-    result: SlideResult,
-    path: str | os.PathLike,
-    *,
-    level: str = "patch",
-    weighting: str = "local",
-    value: str = "attention",
-    class_index: int | str = 1,
-    chunk: int = 256,
-    overwrite: bool = False,
-) -> Path:
+def export_ome_zarr(result: SlideResult, path: str | os.PathLike, *, level: str = "patch",
+                    weighting: str = "local", value: str = "attention", class_index: int | str = 1,
+                    chunk: int = 256, overwrite: bool = False) -> Path:
     """Write a heatmap as an OME-Zarr (NGFF 0.4, zarr v2) multiscale image; return the path.
 
     Axes ``y, x``; coordinateTransformations are ``scale`` + ``translation`` in

@@ -21,31 +21,35 @@ The bag level has one attention (gamma), so its heatmaps are always named ``loca
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ResultsError
+from ..vocab import LEVELS, WEIGHTINGS, ExportKind, export_kind, file_stem
 
-KINDS = ("geojson", "csv", "ome_tiff", "ome_zarr", "provenance")
-LEVELS = ("bag", "patch", "cell")
+if TYPE_CHECKING:
+    from ..results import SlideResult
+
+__all__ = ["DEFAULT_LEVELS", "ExportJob", "KINDS", "LEVELS", "export_plan", "file_stem",
+           "normalise_kind", "write_export"]
+
+#: the kinds a plan writes (vocab.ExportKind but the overview, which the CLI draws),
+#: spelled with underscores as in ExportJob.kind
+KINDS = tuple(k.value.replace("-", "_") for k in ExportKind if k is not ExportKind.OVERVIEW)
 DEFAULT_LEVELS = {"geojson": ("bag", "patch"), "csv": LEVELS, "ome_tiff": LEVELS,
                   "ome_zarr": LEVELS}
 _PLURAL = {"bag": "bags", "patch": "patches", "cell": "cells"}
-_STEM_SUFFIXES = (".ome.tiff", ".ome.tif", ".mran.zarr")
-
-
-def file_stem(path: str | os.PathLike) -> str:
-    """File name without its extension (``.ome.tif(f)`` and ``.mran.zarr`` count as one)."""
-    name = os.path.basename(os.fspath(path).rstrip("/\\"))
-    for ext in _STEM_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] or name
-    return os.path.splitext(name)[0] or name
 
 
 def normalise_kind(kind: str) -> str:
-    """``"ome-tiff"`` / ``"OME_TIFF"`` -> ``"ome_tiff"``; unknown kinds are a ResultsError."""
-    k = str(kind).strip().lower().replace("-", "_")
+    """``"ome-tiff"`` / ``"OME_TIFF"`` -> ``"ome_tiff"`` (the form of ``ExportJob.kind``);
+    a kind the plan does not write is a ResultsError naming the kinds."""
+    try:
+        k = export_kind(kind).value.replace("-", "_")
+    except ValueError:
+        k = ""
     if k not in KINDS:
         raise ResultsError(f"unknown export format {kind!r}; choose from "
                            f"{', '.join(k.replace('_', '-') for k in KINDS)}")
@@ -58,12 +62,12 @@ class ExportJob:
 
     kind: str
     path: Path
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "local",
-                levels=None, stem: str | None = None,
-                gzip_geojson: bool = False) -> list[ExportJob]:
+def export_plan(result: SlideResult, folder: str | os.PathLike, kinds: Iterable[str], *,
+                weighting: str = "local", levels: Iterable[str] | None = None,
+                stem: str | None = None, gzip_geojson: bool = False) -> list[ExportJob]:
     """The files that exporting *kinds* of *result* into *folder* writes.
 
     ``levels`` restricts the levels of every kind that has levels (default: the
@@ -72,7 +76,7 @@ def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "l
     """
     from .geojson import MAX_CELL_BAGS
 
-    if weighting not in ("local", "global"):
+    if weighting not in WEIGHTINGS:
         raise ResultsError(f"weighting must be 'local' or 'global', not {weighting!r}")
     wanted = None
     if levels is not None:
@@ -90,7 +94,7 @@ def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "l
         chosen = DEFAULT_LEVELS[kind] if wanted is None else [v for v in LEVELS if v in wanted]
         for level in chosen:
             if kind == "geojson":
-                opts = {"level": level, "weighting": weighting}
+                opts: dict[str, Any] = {"level": level, "weighting": weighting}
                 if level == "cell":  # 1024 polygons per bag: the top bags only
                     opts["bags"] = [int(i) for i in result.top_bags(MAX_CELL_BAGS)]
                 ext = ".geojson.gz" if gzip_geojson else ".geojson"
@@ -106,12 +110,14 @@ def export_plan(result, folder: str | os.PathLike, kinds, *, weighting: str = "l
     return plan
 
 
-def write_export(result, job: ExportJob, *, overwrite: bool = False) -> Path:
+def write_export(result: SlideResult, job: ExportJob, *, overwrite: bool = False) -> Path:
     """Write one planned file through its exporter (atomic; never replaces a file unless
     ``overwrite``)."""
     from . import export_csv, export_geojson, export_ome_tiff, export_ome_zarr, export_provenance
 
-    funcs = {"geojson": export_geojson, "csv": export_csv, "ome_tiff": export_ome_tiff,
-             "ome_zarr": export_ome_zarr, "provenance": export_provenance}
+    funcs: dict[str, Callable[..., Any]] = {"geojson": export_geojson, "csv": export_csv,
+                                            "ome_tiff": export_ome_tiff,
+                                            "ome_zarr": export_ome_zarr,
+                                            "provenance": export_provenance}
     return Path(funcs[normalise_kind(job.kind)](result, job.path, overwrite=overwrite,
                                                 **job.options))

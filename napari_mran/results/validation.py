@@ -5,7 +5,7 @@ store ``save`` writes always loads)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -17,7 +17,7 @@ __all__ = ["check_arrays", "check_embeddings", "check_grid", "check_header", "cl
            "consistency_problems", "mpp_pair"]
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -198,7 +198,7 @@ def _attribute_problems(own: dict[str, Any], provenance: Any, problems: list[str
                         f"{MAX_SLIDE_SIDE} each, not {short(size)}")
         size = None
     bag_px = own.get("bag_px")
-    if not _is_int(bag_px) or not CELLS_PER_SIDE <= bag_px <= MAX_SLIDE_SIDE:
+    if not (_is_int(bag_px) and CELLS_PER_SIDE <= bag_px <= MAX_SLIDE_SIDE):
         problems.append(f"bag_px must be a whole number of pixels >= {CELLS_PER_SIDE}, not "
                         f"{short(bag_px)}")
         bag_px = None
