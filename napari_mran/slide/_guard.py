@@ -13,6 +13,10 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import CorruptSlideError, ResourceLimitError, SlideError, UnsupportedFormatError
+from ..vocab import OPENSLIDE_ONLY_EXTENSIONS  # re-exported: defined once, in vocab
+
+__all__ = ["MAX_PAGES", "MAX_TAGS_PER_IFD", "OPENSLIDE_ONLY_EXTENSIONS", "TiffStructure",
+           "check_path", "sniff", "walk_ifds"]
 
 #: Most pages a slide may have (real slides have < 100; z-stacks a few hundred).
 MAX_PAGES = 4096
@@ -23,9 +27,6 @@ MAX_TAGS_PER_IFD = 1024
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4,
                12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _SUBIFDS_TAG = 330
-
-#: File extensions only the OpenSlide backend can read (multi-file or non-TIFF formats).
-OPENSLIDE_ONLY_EXTENSIONS = (".mrxs", ".vms", ".vmu", ".dcm", ".bif", ".svslide", ".scn")
 
 
 @dataclass

@@ -90,23 +90,30 @@ def validate_mpp(mpp_x: float | None, mpp_y: float | None,
     """Validate a candidate MPP; return (x, y) or None, appending warnings."""
     if mpp_x is None and mpp_y is None:
         return None
-    if mpp_x is None:
-        mpp_x = mpp_y
-    if mpp_y is None:
-        mpp_y = mpp_x
-    for name, value in (("x", mpp_x), ("y", mpp_y)):
-        if value is None or not math.isfinite(value) or value <= 0:
-            warnings.append(f"MPP {name} from {source} is {value!r}: ignored")
-            return None
-        if not MPP_MIN <= value <= MPP_MAX:
-            warnings.append(
-                f"MPP {name} from {source} is {value:g} µm/px, outside the plausible "
-                f"range {MPP_MIN}-{MPP_MAX}: ignored")
-            return None
-    if abs(mpp_x / mpp_y - 1.0) > ANISOTROPY_TOLERANCE:
+    x = _plausible_mpp("x", mpp_y if mpp_x is None else mpp_x, source, warnings)
+    if x is None:
+        return None
+    y = _plausible_mpp("y", mpp_x if mpp_y is None else mpp_y, source, warnings)
+    if y is None:
+        return None
+    if abs(x / y - 1.0) > ANISOTROPY_TOLERANCE:
         warnings.append(
-            f"MPP from {source} is anisotropic (x {mpp_x:g}, y {mpp_y:g} µm/px)")
-    return (float(mpp_x), float(mpp_y))
+            f"MPP from {source} is anisotropic (x {x:g}, y {y:g} µm/px)")
+    return (float(x), float(y))
+
+
+def _plausible_mpp(name: str, value: float | None, source: str,
+                   warnings: list[str]) -> float | None:
+    """``value`` when it is a plausible MPP, else None with a warning."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        warnings.append(f"MPP {name} from {source} is {value!r}: ignored")
+        return None
+    if not MPP_MIN <= value <= MPP_MAX:
+        warnings.append(
+            f"MPP {name} from {source} is {value:g} µm/px, outside the plausible "
+            f"range {MPP_MIN}-{MPP_MAX}: ignored")
+        return None
+    return value
 
 
 _PHILIPS_SPACING = re.compile(

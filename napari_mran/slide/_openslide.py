@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
 from . import _metadata as md
-from ._tiff import RegionRead
+from ._tiles import RegionRead
 
 
 def available() -> bool:
@@ -51,7 +51,7 @@ class OpenSlideBackend:
 
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
-        return [tuple(d) for d in self._osr.level_dimensions]
+        return [(w, h) for w, h in self._osr.level_dimensions]
 
     def level_tile_size(self, level: int) -> tuple[int, int]:
         p = self._osr.properties

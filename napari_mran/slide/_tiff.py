@@ -2,194 +2,42 @@
 
 This is the only module of the package that reads slides with tifffile or opens
 tifffile's zarr store (the API of both moved between releases: keep the churn
-here).  Two read paths:
+here, with its helpers ``_tiles``, ``_tiffmeta`` and ``_tifflog``).  Two read paths:
 
 * ``read_level_region``: the hot path used by analysis.  It computes the file
   tiles (or strips) covering a region, reads their bytes with ``os.pread`` (no
   shared file position, so any number of threads may read at once) and decodes
   them with tifffile's per-page decoder (imagecodecs releases the GIL) in a
-  thread pool.  No dask graph, no zarr chunk cache.
+  thread pool (``_tiles.TiffLevel.decode_tile``).  No dask graph, no zarr chunk cache.
 * ``dask_level``: a lazy dask array over tifffile's zarr store, chunked on the
   file's tiles, for napari display.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import (CorruptSlideError, ResourceLimitError, SlideError,
                       UnsupportedFormatError, UnsupportedPixelsError)
-from . import _metadata as md
 from ._pixels import PixelConversion, choose_conversion
+from ._tifflog import LogCapture
+from ._tiffmeta import tiff_metadata, vendor_of
+from ._tiles import (JPEG_COMPRESSIONS, MAX_SEGMENT_BYTES, RegionRead, TiffLevel, decode_pool,
+                     enum_name, jpeg_tail_damage)
 
-#: Largest uncompressed tile/strip we agree to decode (a decompression-bomb guard).
-MAX_SEGMENT_BYTES = 256 * 2**20
+if TYPE_CHECKING:
+    import dask.array
+
+__all__ = ["JPEG_COMPRESSIONS", "MAX_ASSOCIATED_BYTES", "MAX_SEGMENT_BYTES", "RegionRead",
+           "TiffBackend", "decode_pool", "jpeg_tail_damage"]
+
 #: Largest associated image (label/macro/thumbnail) we agree to decode.
 MAX_ASSOCIATED_BYTES = 64 * 2**20
-
-#: TIFF compressions whose tiles are JPEG streams decoded by libjpeg, which fills a
-#: stream cut short with grey and reports no error (JPEG, DNG JPEG, Aperio, lossy JPEG).
-JPEG_COMPRESSIONS = frozenset({7, 99, 33007, 34892})
-_EOI = b"\xff\xd9"
-_RST = frozenset(bytes((0xFF, 0xD0 + k)) for k in range(8))
-
-_POOL_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-
-
-def decode_pool() -> ThreadPoolExecutor:
-    """Module-wide pool that decodes tiles (imagecodecs releases the GIL)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 2),
-                                       thread_name_prefix="mran-decode")
-        return _POOL
-
-
-def jpeg_tail_damage(tail: bytes, nbytes: int, spliced: bool = False) -> str | None:
-    """Why a JPEG-coded tile of ``nbytes`` bytes is cut short, judged from its last
-    (up to 64) bytes ``tail``; None when it ends as a JPEG stream must.
-
-    A JPEG stream ends with the EOI marker (FF D9); a restart interval spliced onto a
-    shared header (NDPI, ``spliced``) ends with EOI or a restart marker (FF D0-D7).
-    Inside entropy-coded data every FF byte is followed by 00 (or a restart marker),
-    so a stream cut anywhere ends without these two bytes.  Zero padding after the
-    marker is tolerated.  Costs a 2-byte compare per tile.
-    """
-    end = tail[-2:]
-    if end == _EOI or (spliced and end in _RST):
-        return None
-    end = tail.rstrip(b"\x00")[-2:]
-    if end == _EOI or (spliced and end in _RST):
-        return None
-    return (f"JPEG data cut short ({nbytes} bytes, no end-of-image marker): "
-            "damaged tile or byte count")
-
-
-#: Distinct tifffile messages kept per slide; further ones are counted in one line.
-MAX_LOG_MESSAGES = 20
-_TIFF_REPR = re.compile(r"<tifffile\.(\w+)[^>]*>\s*")
-_NUMBER = re.compile(r"\d+")
-_LOG_LOCK = threading.Lock()
-_ACTIVE: list["_LogCapture"] = []  # captures whose slide is inside a tifffile call
-_LOCAL = threading.local()
-
-
-def _clean(message: str) -> str:
-    """A tifffile message without object reprs: ``<tifffile.TiffFile 'a.tif'> x`` -> ``x``,
-    ``<tifffile.TiffPage 3 @1234> x`` -> ``TiffPage: x``."""
-    text = _TIFF_REPR.sub(lambda m: "" if m.group(1) == "TiffFile" else f"{m.group(1)}: ",
-                          message)
-    return " ".join(text.split())[:300]
-
-
-class _LogCapture:
-    """tifffile's WARNING/ERROR log records for one slide, counted per distinct message.
-
-    Messages that differ only in numbers (offsets, page or IFD indexes) count as one;
-    the first one is kept as the text shown.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[bool, str], list] = {}  # (is error, key) -> [text, count]
-
-    def add(self, record: logging.LogRecord) -> None:
-        text = _clean(record.getMessage())
-        key = (record.levelno >= logging.ERROR, _NUMBER.sub("#", text))
-        with self._lock:
-            if key not in self._seen and len(self._seen) >= MAX_LOG_MESSAGES:
-                key = (key[0], "")
-                text = "further distinct messages"
-            self._seen.setdefault(key, [text, 0])[1] += 1
-
-    def lines(self, errors: bool = False) -> list[str]:
-        """One line per distinct message: ``text`` or ``text (xN)``."""
-        with self._lock:
-            items = [v for (is_error, _), v in self._seen.items() if is_error == errors]
-        return [text + (f" (x{n})" if n > 1 else "") for text, n in items]
-
-    @contextmanager
-    def active(self):
-        """Route tifffile's records to this capture while the block runs (see _LogRouter)."""
-        previous = getattr(_LOCAL, "capture", None)
-        _LOCAL.capture = self
-        with _LOG_LOCK:
-            _ACTIVE.append(self)
-        try:
-            yield self
-        finally:
-            with _LOG_LOCK:
-                _ACTIVE.remove(self)
-            _LOCAL.capture = previous
-
-
-class _LogRouter(logging.Filter):
-    """A filter on the ``tifffile`` logger, installed once.
-
-    While one of our slides is inside a call into tifffile, the logger's WARNING and
-    ERROR records are counted in that slide's capture and dropped (never printed raw,
-    whatever logging the application configured); anyone else's records pass untouched.
-    tifffile and zarr also decode in threads they start (zarr's I/O loop): records from
-    a thread without a capture of its own go to the most recently activated one.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        capture = getattr(_LOCAL, "capture", None)
-        if capture is None:
-            with _LOG_LOCK:
-                capture = _ACTIVE[-1] if _ACTIVE else None
-        if capture is None:
-            return True
-        capture.add(record)
-        return False
-
-
-_ROUTER = _LogRouter()
-logging.getLogger("tifffile").addFilter(_ROUTER)  # once: modules are imported once
-
-
-@dataclass
-class RegionRead:
-    """Pixels of one region plus what could not be read."""
-
-    pixels: np.ndarray              # (h, w, 3) uint8
-    valid: np.ndarray | None        # (h, w) bool, None when every pixel has data
-    missing_tiles: int = 0          # zero-length tiles (no data)
-    failed_tiles: list[str] | None = None  # reasons of tiles that failed to decode or are damaged
-
-
-@dataclass
-class _Level:
-    page: Any            # tifffile.TiffPage (keyframe of the level)
-    width: int
-    height: int
-    seg_w: int           # tile width, or image width for strips
-    seg_h: int           # tile length, or rows per strip
-    n_seg_x: int
-    n_seg_y: int
-    offsets: np.ndarray
-    counts: np.ndarray
-    direct: bool         # the pread+decode path applies (chunky, 2-D)
-    source: tuple = ()   # (tifffile series, level index in it) for the zarr store
-    jpeg: bool = False   # tiles are JPEG streams: check their end (jpeg_tail_damage)
-    spliced: bool = False  # JPEG tiles are restart intervals under a shared header (NDPI)
-
-    def damage(self, data: bytes) -> str | None:
-        """Why a tile's bytes are damaged although its decoder may not say so, or None."""
-        return jpeg_tail_damage(data[-64:], len(data), self.spliced) if self.jpeg else None
 
 
 class TiffBackend:
@@ -202,14 +50,14 @@ class TiffBackend:
 
         self.path = path
         self.warnings: list[str] = []
-        self._log = _LogCapture()
+        self._log = LogCapture()
         with self._log.active():
             try:
                 self._tif = tifffile.TiffFile(path)
             except tifffile.TiffFileError as exc:
                 raise CorruptSlideError(path, f"not a readable TIFF: {exc}") from None
             try:
-                self._setup(tifffile, file_size, n_pages_walked)
+                self._setup(file_size, n_pages_walked)
             except BaseException:
                 self._tif.close()
                 raise
@@ -222,7 +70,7 @@ class TiffBackend:
         self._closed = False
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self, tifffile, file_size: int, n_pages_walked: int) -> None:
+    def _setup(self, file_size: int, n_pages_walked: int) -> None:
         tif = self._tif
         n_pages = len(tif.pages)
         if n_pages != n_pages_walked:
@@ -232,7 +80,7 @@ class TiffBackend:
         if not tif.series:
             raise UnsupportedFormatError(self.path, "the TIFF holds no image series")
         series = tif.series[0]
-        self.vendor = _vendor(tif)
+        self.vendor = vendor_of(tif)
         self._series = series
         axes = series.axes
         shape = series.shape
@@ -242,6 +90,25 @@ class TiffBackend:
             raise UnsupportedPixelsError(
                 self.path, f"the image has extra dimensions ({dims}, axes {axes}, "
                 f"{series.dtype}); only 2-D RGB or grey slides are supported")
+        pages = self._pyramid_pages(series)
+        self._levels = self._sorted_levels(pages, file_size)
+        page0 = self._levels[0].page
+        self.conversion: PixelConversion = self._pixel_conversion(page0)
+        # decode one tile, so unknown codecs and damaged data fail at open with a clear
+        # reason rather than later in a viewer thread
+        self._levels[-1].check_decodable(self._tif.filehandle.fileno(), self.path,
+                                         "the smallest level")
+        self.properties, self.mpp_candidates, self.objective_power = tiff_metadata(tif, page0)
+        orientation = page0.tags.get("Orientation")
+        if orientation is not None and orientation.value not in (1, None):
+            self.warnings.append(
+                f"TIFF Orientation tag is {orientation.value}: pixels are shown as stored "
+                "(not rotated), as OpenSlide does")
+
+    def _pyramid_pages(self, series: Any) -> list[Any]:
+        """The keyframes of the pyramid levels, in file order (with the tifffile series
+        and level index of each in ``_level_series``)."""
+        tif = self._tif
         pages = [lvl.keyframe for lvl in series.levels]
         self._level_series = [(series, i) for i in range(len(pages))]
         self._series_as_levels: set[int] = set()
@@ -256,6 +123,11 @@ class TiffBackend:
                     pages.append(s.keyframe)
                     self._level_series.append((s, 0))
                     self._series_as_levels.add(id(s))
+        return pages
+
+    def _sorted_levels(self, pages: list[Any], file_size: int) -> list[TiffLevel]:
+        """The levels by size, largest first, without empty levels and levels not
+        smaller than the one before (each skipped with a warning)."""
         levels = []
         for i, page in enumerate(pages):
             if page.imagewidth == 0 or page.imagelength == 0:
@@ -265,7 +137,7 @@ class TiffBackend:
                         f"{page.imagelength})")
                 self.warnings.append(f"level {i} has zero size: skipped")
                 continue
-            levels.append(self._make_level(page, i, file_size))
+            levels.append(TiffLevel.from_page(page, i, file_size, self.path))
             levels[-1].source = self._level_series[i]
         # order by size, largest first, dropping levels not smaller than the previous one
         levels.sort(key=lambda lv: -lv.width * lv.height)
@@ -280,56 +152,20 @@ class TiffBackend:
                 "one before it: skipped")
         if [id(a.page) for a in kept] != [id(p) for p in pages][:len(kept)]:
             self.warnings.append("pyramid levels were reordered by size")
-        self._levels = kept
-        page0 = kept[0].page
+        return kept
+
+    def _pixel_conversion(self, page0: Any) -> PixelConversion:
+        """How level-0 pixels become RGB uint8 (windowed from the smallest level for
+        samples wider than 8 bits); UnsupportedPixelsError when they cannot."""
         conv = choose_conversion(page0.dtype, page0.samplesperpixel,
-                                 _enum_name(page0.photometric), len(page0.extrasamples))
+                                 enum_name(page0.photometric), len(page0.extrasamples))
         if isinstance(conv, str):
             raise UnsupportedPixelsError(self.path, conv)
-        self.conversion: PixelConversion = conv
         if np.dtype(page0.dtype).itemsize > 1:
-            self.conversion = replace(conv, window=self._window_from_smallest())
-        if self.conversion.kind == "rgb" and page0.samplesperpixel != 3:
+            conv = replace(conv, window=self._window_from_smallest())
+        if conv.kind == "rgb" and page0.samplesperpixel != 3:
             raise UnsupportedPixelsError(self.path, "unexpected sample count")
-        self._check_first_tile()
-        self.properties, self.mpp_candidates, self.objective_power = self._read_metadata()
-        orientation = page0.tags.get("Orientation")
-        if orientation is not None and orientation.value not in (1, None):
-            self.warnings.append(
-                f"TIFF Orientation tag is {orientation.value}: pixels are shown as stored "
-                "(not rotated), as OpenSlide does")
-
-    def _make_level(self, page, index: int, file_size: int) -> _Level:
-        if page.is_tiled:
-            seg_w, seg_h = page.tilewidth, page.tilelength
-        else:
-            seg_w = page.imagewidth
-            seg_h = min(page.rowsperstrip or page.imagelength, page.imagelength)
-        spp = page.samplesperpixel
-        itemsize = np.dtype(page.dtype).itemsize
-        seg_bytes = seg_w * seg_h * spp * itemsize
-        if seg_bytes > MAX_SEGMENT_BYTES:
-            raise ResourceLimitError(
-                self.path, f"level {index} stores {seg_w} x {seg_h} px per "
-                f"{'tile' if page.is_tiled else 'strip'} ({seg_bytes / 2**20:.0f} MiB "
-                f"decoded, limit {MAX_SEGMENT_BYTES / 2**20:.0f} MiB); refusing to "
-                "decode it (re-save the slide as a tiled pyramid)")
-        n_x = -(-page.imagewidth // seg_w)
-        n_y = -(-page.imagelength // seg_h)
-        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-        counts = np.asarray(page.databytecounts, dtype=np.int64)
-        planar_separate = spp > 1 and _enum_name(page.planarconfig) == "SEPARATE"
-        direct = (not planar_separate and page.imagedepth == 1
-                  and len(offsets) == n_x * n_y)
-        if len(offsets) and int((offsets + counts).max()) > file_size:
-            raise CorruptSlideError(
-                self.path, f"level {index}: tile data runs past the end of the "
-                f"{file_size}-byte file (truncated)")
-        return _Level(page=page, width=page.imagewidth, height=page.imagelength,
-                      seg_w=seg_w, seg_h=seg_h, n_seg_x=n_x, n_seg_y=n_y,
-                      offsets=offsets, counts=counts, direct=direct,
-                      jpeg=int(page.compression) in JPEG_COMPRESSIONS,
-                      spliced=page.jpegheader is not None)
+        return conv
 
     def _window_from_smallest(self) -> tuple[float, float]:
         lv = self._levels[-1]
@@ -347,88 +183,6 @@ class TiffBackend:
         if nbytes > MAX_ASSOCIATED_BYTES:
             raise ResourceLimitError(self.path, f"level {level} is too large to read whole")
         return lv.page.asarray()
-
-    def _check_first_tile(self) -> None:
-        """Decode one tile of the smallest level, so unknown codecs and damaged data
-        fail at open with a clear reason rather than later in a viewer thread."""
-        lv = self._levels[-1]
-        page = lv.page
-        comp = _enum_name(page.compression)
-        try:
-            codec = page.decode  # raises for compressions tifffile cannot decode
-        except Exception as exc:  # noqa: BLE001 - mapped to our error
-            raise UnsupportedFormatError(
-                self.path, f"cannot decode its pixels (compression {comp}): "
-                f"{type(exc).__name__}: {exc}") from None
-        if not (lv.direct and len(lv.offsets) and (lv.counts > 0).any()):
-            return
-        i = int(np.argmax(lv.counts > 0))
-        try:
-            data = os.pread(self._tif.filehandle.fileno(), int(lv.counts[i]), int(lv.offsets[i]))
-            damage = lv.damage(data)
-            if damage:
-                raise CorruptSlideError(self.path, f"tile {i} of the smallest level: {damage}")
-            codec(data, i, jpegtables=page.jpegtables, jpegheader=page.jpegheader)
-        except CorruptSlideError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to our error
-            if "compression" in str(exc).lower() or isinstance(exc, NotImplementedError):
-                raise UnsupportedFormatError(
-                    self.path, f"cannot decode its pixels (compression {comp}): "
-                    f"{type(exc).__name__}: {exc}") from None
-            raise CorruptSlideError(
-                self.path, f"tile {i} of the smallest level cannot be decoded "
-                f"({comp}): {type(exc).__name__}: {exc}") from None
-
-    def _read_metadata(self) -> tuple[dict[str, str], list[tuple[str, float | None, float | None]], float | None]:
-        tif, page0 = self._tif, self._levels[0].page
-        props: dict[str, str] = {}
-        mpp_candidates: list[tuple[str, float | None, float | None]] = []
-        objective: float | None = None
-        desc = page0.description or ""
-        if desc:
-            props["tiff.ImageDescription"] = desc[:4096]
-        for tag in ("Make", "Model", "Software", "DateTime"):
-            t = page0.tags.get(tag)
-            if t is not None:
-                props[f"tiff.{tag}"] = str(t.value)
-        if tif.is_svs:
-            aperio = md.parse_aperio_description(desc)
-            props.update({f"aperio.{k}": v for k, v in aperio.items()})
-            if "MPP" in aperio:
-                v = md.to_float(aperio["MPP"])
-                mpp_candidates.append(("Aperio description MPP", v, v))
-            objective = md.to_float(aperio.get("AppMag"))
-        if tif.is_ndpi:
-            for k, v in (page0.ndpi_tags or {}).items():
-                if isinstance(v, (str, int, float)) and k not in ("Comments",):
-                    props[f"hamamatsu.{k}"] = str(v)
-            objective = md.to_float((page0.ndpi_tags or {}).get("Magnification"))
-        if tif.is_ome and tif.ome_metadata:
-            ome = md.parse_ome_pixels(tif.ome_metadata)
-            props.update({f"ome.{k}": v for k, v in ome.items()})
-            fx, fy = md.to_float(ome.get("PhysicalSizeX")), md.to_float(ome.get("PhysicalSizeY"))
-            ux = md.unit_to_um(ome.get("PhysicalSizeXUnit"))
-            uy = md.unit_to_um(ome.get("PhysicalSizeYUnit"))
-            if fx is not None or fy is not None:
-                mpp_candidates.append((
-                    "OME PhysicalSize",
-                    None if fx is None or ux is None else fx * ux,
-                    None if fy is None or uy is None else fy * uy))
-            objective = objective or md.to_float(ome.get("NominalMagnification"))
-        if tif.is_philips:
-            spacing = md.parse_philips_spacing(desc)
-            if spacing:
-                mpp_candidates.append(("Philips DICOM_PIXEL_SPACING", *spacing))
-        xres, yres, unit = page0.tags.get("XResolution"), page0.tags.get("YResolution"), page0.tags.get("ResolutionUnit")
-        if xres is not None and unit is not None:
-            u = int(unit.value)
-            mx = md.resolution_to_mpp(md.to_float(xres.value), u)
-            my = md.resolution_to_mpp(md.to_float(yres.value), u) if yres is not None else mx
-            if mx is not None or my is not None:
-                mpp_candidates.append(("TIFF resolution tags", mx, my))
-            props["tiff.ResolutionUnit"] = str(u)
-        return props, mpp_candidates, objective
 
     # --------------------------------------------------------------- accessors
     def log_warnings(self) -> list[str]:
@@ -468,7 +222,7 @@ class TiffBackend:
                     raise ResourceLimitError(self.path, f"associated image {name!r} is too large")
                 page = s.keyframe
                 conv = choose_conversion(s.dtype, page.samplesperpixel,
-                                         _enum_name(page.photometric), len(page.extrasamples))
+                                         enum_name(page.photometric), len(page.extrasamples))
                 try:
                     raw = s.asarray()
                 except Exception as exc:  # noqa: BLE001
@@ -485,7 +239,7 @@ class TiffBackend:
         """Read (h, w, 3) uint8 at ``level`` from level pixel (x, y); outside is white.
 
         on_error: ``"raise"`` raises CorruptSlideError on the first tile that fails
-        to decode (or whose bytes are damaged, see ``_Level.damage``); ``"record"``
+        to decode (or whose bytes are damaged, see ``TiffLevel.damage``); ``"record"``
         paints it white, marks it invalid and lists it.
         """
         with self._log.active():
@@ -527,29 +281,13 @@ class TiffBackend:
                 failures.append(f"level {level} tile ({tx}, {ty}): {status}")
         return RegionRead(out, valid, missing, failures or None)
 
-    def _decode_into(self, lv: _Level, job: tuple[int, int], x: int, y: int,
+    def _decode_into(self, lv: TiffLevel, job: tuple[int, int], x: int, y: int,
                      out: np.ndarray) -> str | None:
         """Decode one tile and paste its overlap with the region; return a failure or None."""
         tx, ty = job
-        index = ty * lv.n_seg_x + tx
-        nbytes = int(lv.counts[index])
-        if nbytes == 0:
-            return "missing"
-        page = lv.page
-        try:
-            data = os.pread(self._fd, nbytes, int(lv.offsets[index]))
-            if len(data) != nbytes:
-                return "tile data cut short (truncated file)"
-            damage = lv.damage(data)
-            if damage:
-                return damage
-            seg = page.decode(data, index, jpegtables=page.jpegtables,
-                              jpegheader=page.jpegheader)[0]
-        except Exception as exc:  # noqa: BLE001 - reported per tile
-            return f"{type(exc).__name__}: {exc}".strip()
-        if seg is None:
-            return "missing"
-        seg = seg.reshape(seg.shape[-3:]) if seg.ndim > 3 else seg
+        seg = lv.decode_tile(self._fd, ty * lv.n_seg_x + tx)
+        if isinstance(seg, str):
+            return seg
         seg = self.conversion(seg)
         sx0, sy0 = tx * lv.seg_w, ty * lv.seg_h
         # overlap of the tile (clipped to the image) with the region, in level px
@@ -575,7 +313,8 @@ class TiffBackend:
         return RegionRead(out, None)
 
     # ------------------------------------------------------------- display path
-    def _zarr_level(self, level: int):
+    def _zarr_level(self, level: int) -> Any:
+        """tifffile's zarr store of a level, opened once (a zarr array)."""
         import zarr
 
         lv = self._levels[level]
@@ -587,7 +326,7 @@ class TiffBackend:
             cache[level] = zarr.open(store, mode="r")
         return cache[level]
 
-    def dask_level(self, level: int):
+    def dask_level(self, level: int) -> dask.array.Array:
         """Lazy (h, w, 3) uint8 dask array of a level, chunked on the file's tiles."""
         import dask.array as da
 
@@ -605,7 +344,7 @@ class TiffBackend:
         arr = arr.rechunk({2: -1})
         return arr.map_blocks(conv, dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),))
 
-    def _block_reader(self, level: int, z):
+    def _block_reader(self, level: int, z: Any) -> Callable[..., np.ndarray]:
         """The dask block function of a level: one block of tifffile's zarr store.
 
         A block that fails to decode raises CorruptSlideError naming the file, level
@@ -616,7 +355,7 @@ class TiffBackend:
         lv = self._levels[level]
         tiles = lv.direct and tuple(z.chunks[:2]) == (lv.seg_h, lv.seg_w)
 
-        def read(block_info=None):
+        def read(block_info: Any = None) -> np.ndarray:
             info = block_info[None]
             cy, cx = info["chunk-location"][:2]
             where = f"level {level} {'tile' if tiles else 'chunk'} ({cx}, {cy})"
@@ -645,15 +384,3 @@ class TiffBackend:
             os.close(self._fd)
             self._tif.close()
 
-
-def _enum_name(value) -> str:
-    return getattr(value, "name", str(value)).upper()
-
-
-def _vendor(tif) -> str:
-    for flag, name in (("is_svs", "aperio"), ("is_ndpi", "hamamatsu"), ("is_philips", "philips"),
-                       ("is_scn", "leica"), ("is_bif", "ventana"), ("is_qpi", "qptiff"),
-                       ("is_ome", "ome"), ("is_imagej", "imagej")):
-        if getattr(tif, flag, False):
-            return name
-    return "generic-tiff"

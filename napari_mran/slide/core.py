@@ -12,9 +12,10 @@ import numpy as np
 
 from ..errors import (CorruptSlideError, MRANError, ResourceLimitError, SlideError,
                       UnsupportedFormatError)
+from ..vocab import OPENSLIDE_ONLY_EXTENSIONS
 from . import _guard
 from . import _metadata as md
-from ._tiff import RegionRead
+from ._tiles import RegionRead
 
 #: Largest region ``read_region`` agrees to allocate (h * w * 3 bytes).
 MAX_REGION_BYTES = 1024 * 2**20
@@ -72,7 +73,7 @@ def _make_backend(path: str, backend: str):
     ext = os.path.splitext(path)[1].lower()
     from . import _openslide
 
-    if backend == "openslide" or (backend == "auto" and (kind == "dicom" or ext in _guard.OPENSLIDE_ONLY_EXTENSIONS)
+    if backend == "openslide" or (backend == "auto" and (kind == "dicom" or ext in OPENSLIDE_ONLY_EXTENSIONS)
                                   and kind not in ("tiff", "bigtiff")):
         if not _openslide.available():
             raise UnsupportedFormatError(
@@ -142,7 +143,7 @@ class Slide:
         b = self._backend
         dims = b.level_dimensions
         w0, h0 = dims[0]
-        self.level_dimensions: list[tuple[int, int]] = [tuple(map(int, d)) for d in dims]
+        self.level_dimensions: list[tuple[int, int]] = [(int(w), int(h)) for w, h in dims]
         self.level_count = len(dims)
         self.level_downsamples: list[float] = [
             ((w0 / w) + (h0 / h)) / 2.0 for (w, h) in self.level_dimensions]
