@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image, ImageDraw, ImageFont
     from qtpy.QtWidgets import QApplication
 
+    from napari_mran._napari import keys as K
     from napari_mran._napari import layers as L
+    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
     from napari_mran._napari.sample_data import sample_slide_path
+    from napari_mran.vocab import LEVELS
 
     # the plugin's guard against the Mesa software-GL crash (docs/gui.md, Known problems)
-    from napari_mran._napari._widget_gl import install as install_gl_guard
 
     install_gl_guard()
 
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open(str(sample_slide_path()), plugin="napari-mran")
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
     wait_for(lambda: widget._env is not None)
-    wait_for(lambda: widget._model is not None or widget._model_loading is None, 120)
-    if widget._model is None:  # no demo model bundled: a random one shows the GUI
+    wait_for(lambda: widget.models.model is not None or widget.models.loading is None, 120)
+    if widget.models.model is None:  # no demo model bundled: a random one shows the GUI
         import torch
 
         from napari_mran.model import MRAN, MRANConfig
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         widget.set_model(MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])),
                          "random weights (no demo model bundled)")
-    model_name = widget.model_combo.currentText()
+    model_name = widget.models.combo.currentText()
     viewer.reset_view()
     save(window_shot(), "01-slide-opened.png")
 
@@ -126,33 +128,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"synthetic slide {args.size} px: {time.perf_counter() - t0:.1f} s")
     viewer.layers.clear()
     viewer.open(str(slide_path), plugin="napari-mran")
-    widget.folder_edit.setText(str(work / "results"))
-    widget._folder_edited = True
+    widget.settings.folder_edit.setText(str(work / "results"))
+    widget.settings.folder_edited = True
     viewer.reset_view()
     settle()
     t0 = time.perf_counter()
-    widget.analyze_btn.click()
-    wait_for(lambda: widget._run is None or (widget._run.bags_done >= 1 and
-                                             widget.progress_bar.maximum() > 1 and
-                                             widget._run.bags_done >= 0.4 *
-                                             widget.progress_bar.maximum()))
-    widget._repaint()
+    runner = widget.runner
+    runner.analyze_btn.click()
+    wait_for(lambda: runner.run is None or (runner.run.bags_done >= 1 and
+                                            runner.progress_bar.maximum() > 1 and
+                                            runner.run.bags_done >= 0.4 *
+                                            runner.progress_bar.maximum()))
+    runner.repaint()
     save(window_shot(), "02-analysis-running.png")
     wait_for(lambda: not widget.is_running)
     print(f"analysis ({model_name}): {time.perf_counter() - t0:.1f} s; "
-          f"{widget.progress_label.text()}")
+          f"{runner.progress_label.text()}")
     settle(1.0)
 
     # ------------------------------------------------------------------ 3. three levels
-    roles = {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+    roles = {ly.metadata.get(K.ROLE): ly for ly in viewer.layers}
     viewer.reset_view()
     panels = []
     try:
         font = ImageFont.truetype("DejaVuSans.ttf", 22)
     except OSError:
         font = ImageFont.load_default()
-    for level in L.LEVELS:
-        for lv in L.LEVELS:
+    for level in LEVELS:
+        for lv in LEVELS:
             roles[L.ROLES[lv]].visible = lv == level
         roles[L.TOP_ROLE].visible = False
         settle(0.6)
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ 4. top bags
     viewer.layers.selection.active = roles[L.ROLES["patch"]]
-    widget.top_table.selectRow(0)
+    widget.results.top_table.selectRow(0)
     widget.zoom_to_rank(0)
     settle(1.0)
     save(window_shot(), "04-top-bags.png")
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     save(shot[-status_h:], "05-hover-statusbar.png")
 
     # ------------------------------------------------------------------ 6. export
-    from napari_mran._napari._widget import ExportDialog
+    from napari_mran._napari._qt.export import ExportDialog
 
     dlg = ExportDialog(widget, str(work / "export"), shown.result.slide_name)
     dlg.show()

@@ -1,7 +1,7 @@
 """npe2 ``on_activate``: runs once, the first time napari uses any napari-mran
 contribution (a reader, the widget, sample data, a writer).
 
-* Installs the software-OpenGL guard (:mod:`._widget_gl`).
+* Installs the software-OpenGL guard (:mod:`._qt.gl_guard`).
 * Makes napari-mran the preferred reader for whole-slide formats and ``.mran.zarr``
   stores where the user has no preference yet.  napari's built-in reader also claims
   ``*.svs``, ``*.ndpi``, ... (it would decode the whole level 0 into memory: tens of GB
@@ -20,7 +20,7 @@ PLUGIN = "napari-mran"
 
 
 def activate(ctx=None) -> None:  # npe2 passes a PluginContext
-    from ._widget_gl import install
+    from ._qt.gl_guard import install
 
     install()
     try:

@@ -11,8 +11,9 @@ import numpy as np
 
 from ..errors import MRANError, ResultsError, SlideError, UnsupportedFormatError
 from ..slide import open_slide
+from ..vocab import STORE_SUFFIX
+from . import keys
 from .layers import slide_layer_data
-
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
@@ -74,7 +75,7 @@ def get_results_reader(path):
             return None
         path = path[0]
     path = os.fspath(path).rstrip("/\\")
-    if not path.endswith(".mran.zarr") or not os.path.isdir(path):
+    if not path.endswith(STORE_SUFFIX) or not os.path.isdir(path):
         return None
     from ..results import SlideResult
 
@@ -98,7 +99,9 @@ def results_layer_data(result, store_path: str | None = None, viewer=None) -> li
     unreadable or of another size, the heatmaps are shown alone in the result's own
     frame (µm when its MPP is known, else level-0 px) with a warning.
     """
-    from .layers import SlideFrame, result_layer_data, watch_viewer
+    from .frame import SlideFrame
+    from .hover import watch_viewer
+    from .layers import result_layer_data
 
     if viewer is None:
         viewer = _current_viewer()
@@ -121,7 +124,7 @@ def results_layer_data(result, store_path: str | None = None, viewer=None) -> li
         _warn("napari-mran: this result does not record its slide's path; showing the "
               "heatmaps alone")
     out += result_layer_data(result, frame, extra_metadata={
-        "mran_results_path": None if store_path is None else os.path.abspath(store_path)})
+        keys.RESULTS_PATH: None if store_path is None else os.path.abspath(store_path)})
     if viewer is not None:
         watch_viewer(viewer)  # hover text on the result layers once they are added
     return out
@@ -147,7 +150,7 @@ def _current_viewer():
         import napari
 
         return napari.current_viewer()
-    except Exception:  # noqa: BLE001 - no napari / no viewer: plain tuples
+    except Exception:
         return None
 
 
@@ -156,8 +159,8 @@ def _open_slide_layer(viewer, slide_path):
         return None
     want = os.path.abspath(slide_path)
     for layer in viewer.layers:
-        p = (layer.metadata or {}).get("mran_slide_path")
-        if "mran_slide" in (layer.metadata or {}) and p and os.path.abspath(p) == want:
+        p = (layer.metadata or {}).get(keys.SLIDE_PATH)
+        if keys.SLIDE in (layer.metadata or {}) and p and os.path.abspath(p) == want:
             return layer
     return None
 
@@ -167,7 +170,7 @@ def _warn(message: str) -> None:
         from napari.utils.notifications import show_warning
 
         show_warning(message)
-    except Exception:  # noqa: BLE001
+    except Exception:
         import warnings
 
         warnings.warn(message, stacklevel=3)
@@ -190,7 +193,7 @@ def _sniff_tiff(path: str):
             page = tif.pages.first
             if page.dtype is not None and page.dtype.kind == "f":
                 return "float", None
-    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the slide reader decides
+    except Exception:
         pass
     return None, None
 
@@ -217,7 +220,7 @@ def _heatmap_reader(meta: dict):
             path = path[0]
         try:
             return [heatmap_layer_data(os.fspath(path), meta)]
-        except Exception as exc:  # noqa: BLE001 - a damaged export: say why, add nothing
+        except Exception as exc:
             return _notifying_reader(ResultsError(f"{path}: {type(exc).__name__}: {exc}"),
                                      what="heatmap")(path)
     return read
@@ -234,7 +237,9 @@ def heatmap_layer_data(path: str, meta: dict | None = None, viewer=None) -> tupl
     0.9+) place OME-Zarr heatmaps half a heatmap pixel up-left instead.
     """
     from ..export.heatmaps import heatmap_geometry, read_heatmap_levels, read_heatmap_metadata
-    from .layers import COLORMAPS, DEFAULT_OPACITY, SlideFrame, contrast_limits
+    from .frame import SlideFrame
+    from .layers import COLORMAPS, DEFAULT_OPACITY
+    from .raster import contrast_limits
 
     if meta is None:
         meta = read_heatmap_metadata(path)
@@ -269,8 +274,8 @@ def heatmap_layer_data(path: str, meta: dict | None = None, viewer=None) -> tupl
         "opacity": DEFAULT_OPACITY,
         "blending": "translucent",
         "interpolation2d": "nearest",
-        "metadata": {"mran_heatmap": meta, "mran_heatmap_path": os.path.abspath(path),
-                     "mran_level": geometry.level},
+        "metadata": {keys.HEATMAP: meta, keys.HEATMAP_PATH: os.path.abspath(path),
+                     keys.LEVEL: geometry.level},
         **frame.layer_units(),
     }
     if len(levels) > 1:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 
 from ..errors import MRANError, OutputExistsError
-from .layers import META_RESULT, META_ROLE, TOP_ROLE
+from ..vocab import Level, Weighting
+from . import keys
+from .layers import TOP_ROLE
 
 
 def _result_and_meta(attributes: dict):
     meta = (attributes or {}).get("metadata") or {}
-    result = meta.get(META_RESULT)
+    result = meta.get(keys.RESULT)
     if result is None:
         name = (attributes or {}).get("name", "this layer")
         raise MRANError(f"{name!r} is not an MRAN result layer (analyse a slide first, or "
@@ -26,12 +28,12 @@ def _result_and_meta(attributes: dict):
     return result, meta
 
 
-def _level(meta: dict, default: str = "bag") -> str:
-    return meta.get("mran_level") or default
+def _level(meta: dict, default: str = Level.BAG) -> str:
+    return meta.get(keys.LEVEL) or default
 
 
 def _weighting(meta: dict) -> str:
-    return meta.get("mran_weighting") or "local"
+    return meta.get(keys.WEIGHTING) or Weighting.LOCAL.value
 
 
 def _refuse_existing(path: str) -> None:
@@ -44,12 +46,12 @@ def _refuse_existing(path: str) -> None:
 def _bags_for(meta: dict, level: str):
     """Bag selection of a GeoJSON export: the top bags of a 'top bags' layer; for cells
     the top bags by attention (cell polygons are exported for at most 64 bags)."""
-    if meta.get(META_ROLE) == TOP_ROLE:
-        return meta.get("mran_top_indices")
-    if level == "cell":
+    if meta.get(keys.ROLE) == TOP_ROLE:
+        return meta.get(keys.TOP_INDICES)
+    if level == Level.CELL:
         from ..export.geojson import MAX_CELL_BAGS
 
-        result = meta[META_RESULT]
+        result = meta[keys.RESULT]
         return [int(i) for i in result.top_bags(MAX_CELL_BAGS)]
     return None
 
@@ -81,7 +83,7 @@ def write_ome_tiff(path: str, data, attributes: dict) -> list[str]:
 
     result, meta = _result_and_meta(attributes)
     _refuse_existing(path)
-    return [os.fspath(export_ome_tiff(result, path, level=_level(meta, "patch"),
+    return [os.fspath(export_ome_tiff(result, path, level=_level(meta, Level.PATCH),
                                       weighting=_weighting(meta), overwrite=False))]
 
 
@@ -91,7 +93,7 @@ def write_ome_zarr(path: str, data, attributes: dict) -> list[str]:
 
     result, meta = _result_and_meta(attributes)
     _refuse_existing(path)
-    return [os.fspath(export_ome_zarr(result, path, level=_level(meta, "patch"),
+    return [os.fspath(export_ome_zarr(result, path, level=_level(meta, Level.PATCH),
                                       weighting=_weighting(meta), overwrite=False))]
 
 

@@ -35,10 +35,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True, scope="session")
 def _software_gl_guard():
     """The plugin's own guard against the Mesa software-GL crash when layers are removed
-    (napari_mran/_napari/_widget_gl.py); plugin activation installs it too, but a test
+    (napari_mran/_napari/_qt/gl_guard.py); plugin activation installs it too, but a test
     may remove layers before any napari-mran command has run."""
     try:
-        from napari_mran._napari._widget_gl import install
+        from napari_mran._napari._qt.gl_guard import install
     except Exception:  # noqa: BLE001 - no vispy: the GUI tests are skipped anyway
         return
     install()

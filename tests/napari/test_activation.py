@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from napari_mran._napari import _activate
-from napari_mran._napari._widget_gl import is_software_renderer
+from napari_mran._napari._qt.gl_guard import is_software_renderer
 from napari_mran._napari.sample_data import sample_slide_path
 
 FRESH_PROCESS = textwrap.dedent("""
@@ -47,7 +47,7 @@ FRESH_PROCESS = textwrap.dedent("""
         for m in made:
             v.layers.remove(m)
         settle()
-    from napari_mran._napari._widget_gl import status
+    from napari_mran._napari._qt.gl_guard import status
     print("RESULT", json.dumps({"prefs": prefs, "layers": n_layers,
                                 "gl": status()}), flush=True)
     v.close()

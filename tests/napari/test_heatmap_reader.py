@@ -12,6 +12,7 @@ import tifffile
 from slide_writers import write_svs_pyramid
 
 from napari_mran._napari import layers as L
+from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.reader import get_heatmap_reader, get_reader
 from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.export import export_ome_tiff, export_ome_zarr
@@ -73,7 +74,7 @@ def test_ome_tiff_heatmap_opens_over_its_slide(make_napari_viewer, tmp_path, sli
     np.testing.assert_array_equal(np.asarray(layer.data[0]), heat.data)
     # the same placement, colours and contrast as the layer an analysis shows
     (_, expect, _) = L.heatmap_layer_data(heat.data, "cell", BAG,
-                                          L.SlideFrame.from_layer(slide_layer), "x", {})
+                                          SlideFrame.from_layer(slide_layer), "x", {})
     assert np.allclose(layer.scale, expect["scale"])
     assert np.allclose(layer.translate, expect["translate"])
     assert np.allclose(layer.contrast_limits, expect["contrast_limits"])

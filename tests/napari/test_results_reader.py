@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from test_store_integrity import remove_completion_marker
 from slide_writers import write_svs_pyramid
+from test_store_integrity import remove_completion_marker
 
+from napari_mran import vocab
+from napari_mran._napari import keys as K
 from napari_mran._napari import layers as L
 from napari_mran._napari import writers
+from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.reader import get_reader, get_results_reader
 from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.errors import MRANError, OutputExistsError
@@ -53,7 +56,7 @@ def make_result(slide_path, mpp=0.5, size=(4096, 2048), seed=0) -> SlideResult:
 
 
 def _roles(viewer):
-    return {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+    return {ly.metadata.get(K.ROLE): ly for ly in viewer.layers}
 
 
 def test_reader_declines_what_is_not_a_store(tmp_path):
@@ -93,7 +96,7 @@ def test_store_opens_over_its_slide(make_napari_viewer, qtbot, tmp_path, slide_p
     slide_layer = layers[0]
     roles = _roles(viewer)
     # the same alignment as after an analysis: bag i's pixels cover its level-0 box
-    for level, k in L.PIXELS_PER_BAG.items():
+    for level, k in vocab.PIXELS_PER_BAG.items():
         layer = roles[L.ROLES[level]]
         assert layer.metadata["mran_results_path"] == str(store)
         for (x0, y0, x1, y1) in result.boxes:
@@ -107,15 +110,15 @@ def test_store_opens_over_its_slide(make_napari_viewer, qtbot, tmp_path, slide_p
     assert len(roles[L.TOP_ROLE].data) == len(BAGS)
     assert len(roles[L.TISSUE_ROLE].data) == len(BAGS)
     # hover text comes with the reader's layers too
-    (wy0, wx0), (wy1, wx1) = L.SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[2])
+    (wy0, wx0), (wy1, wx1) = SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[2])
     st = roles[L.ROLES["cell"]].get_status(((wy0 + wy1) / 2, (wx0 + wx1) / 2), world=True,
                                            view_direction=None, dims_displayed=[0, 1])
     assert "bag #2" in st["coordinates"]
     # the widget adopts the opened result: slide prediction and ranked bags
     _dock, w = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
-    qtbot.waitUntil(lambda: w.top_table.rowCount() == len(BAGS), timeout=5000)
-    assert "tumour (0.70)" in w.prediction_label.text()
-    assert int(w.top_table.item(0, 0).data(256)) == int(result.top_bags(1)[0])  # UserRole
+    qtbot.waitUntil(lambda: w.results.top_table.rowCount() == len(BAGS), timeout=5000)
+    assert "tumour (0.70)" in w.results.prediction_label.text()
+    assert int(w.results.top_table.item(0, 0).data(256)) == int(result.top_bags(1)[0])  # UserRole
     # opening it again does not add the slide a second time
     again = viewer.open(str(store), plugin="napari-mran")
     assert again[0].name.startswith("slide.svs tissue bags")
@@ -160,14 +163,14 @@ def test_store_with_another_slide_size_or_no_mpp(make_napari_viewer, tmp_path, s
     # no MPP: level-0 pixels
     store2 = make_result(slide_path, mpp=None, size=(8192, 2048)).save(tmp_path / "px.mran.zarr")
     layers = viewer.open(str(store2), plugin="napari-mran")
-    patch = next(ly for ly in layers if ly.metadata.get(L.META_ROLE) == L.ROLES["patch"])
+    patch = next(ly for ly in layers if ly.metadata.get(K.ROLE) == L.ROLES["patch"])
     assert np.allclose(patch.scale, (BAG / 8,) * 2) and "level-0 pixels" in seen[-1]
 
 
 def test_writers(tmp_path, slide_path):
     result = make_result(slide_path)
-    tuples = L.result_layer_data(result, L.SlideFrame.from_result(result), weighting="global")
-    by_role = {kw["metadata"][L.META_ROLE]: (data, kw) for data, kw, _ in tuples}
+    tuples = L.result_layer_data(result, SlideFrame.from_result(result), weighting="global")
+    by_role = {kw["metadata"][K.ROLE]: (data, kw) for data, kw, _ in tuples}
     patch_data, patch_kw = by_role[L.ROLES["patch"]]
     out = writers.write_geojson(str(tmp_path / "p.geojson"), patch_data, patch_kw)
     gj = json.loads(Path(out[0]).read_text())

@@ -17,12 +17,18 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from napari.utils import notifications
 from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 from slide_writers import write_svs_pyramid
 
 import napari_mran.analysis as analysis_mod
-from napari_mran._napari import _widget as W
+from napari_mran import vocab
+from napari_mran._napari import jobs, storage, texts
+from napari_mran._napari import keys as K
 from napari_mran._napari import layers as L
+from napari_mran._napari._qt import widget as W
+from napari_mran._napari.frame import SlideFrame
+from napari_mran._napari.hover import hover_text
 from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.model import MRAN, MRANConfig, save_model
 from napari_mran.results import SlideResult, is_results_store
@@ -71,13 +77,13 @@ def _widget(viewer, qtbot, model=None):
     qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
     if model is not None:
         widget.set_model(model, "tiny random model")
-    widget.batch_spin.setValue(1)          # one bag per event: progressive painting
-    widget.compile_combo.setCurrentIndex(2)  # torch.compile off (tiny model)
+    widget.settings.batch_spin.setValue(1)          # one bag per event: progressive painting
+    widget.settings.compile_combo.setCurrentIndex(2)  # torch.compile off (tiny model)
     return widget
 
 
 def _analyse(qtbot, widget, timeout=90000):
-    qtbot.mouseClick(widget.analyze_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.runner.analyze_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=timeout)
 
 
@@ -115,24 +121,24 @@ def test_slide_picker_greyed_out_then_follows_active_layer(make_napari_viewer, q
                                                            tissue_slide, tiny_model):
     viewer = make_napari_viewer(show=True)
     w = _widget(viewer, qtbot, tiny_model)
-    assert not w.slide_combo.isEnabled() and not w.analyze_btn.isEnabled()
-    assert w.slide_hint.isVisible() and "Open" in w.slide_hint.text()
-    assert "slide" in w.analyze_btn.toolTip().lower()
+    assert not w.slides.combo.isEnabled() and not w.runner.analyze_btn.isEnabled()
+    assert w.slides.hint.isVisible() and "Open" in w.slides.hint.text()
+    assert "slide" in w.runner.analyze_btn.toolTip().lower()
     a = viewer.open(str(tissue_slide), plugin="napari-mran")[0]
     b = viewer.open(str(sample_slide_path()), plugin="napari-mran")[0]
-    assert w.slide_combo.isEnabled() and w.analyze_btn.isEnabled()
-    assert not w.slide_hint.isVisible()
+    assert w.slides.combo.isEnabled() and w.runner.analyze_btn.isEnabled()
+    assert not w.slides.hint.isVisible()
     assert w.current_slide_layer() is b  # the active (last opened) slide
     viewer.layers.selection.active = a
     assert w.current_slide_layer() is a
     # the default results folder is beside the slide (writable here)
-    assert w.folder_edit.text() == str(tissue_slide.parent / "mran-results")
+    assert w.settings.folder_edit.text() == str(tissue_slide.parent / "mran-results")
     # model: classes shown; device: what torch found
-    assert "normal, tumour" in w.model_info.text()
-    assert w.device_info.text().startswith("found:")
+    assert "normal, tumour" in w.models.info.text()
+    assert w.settings.device_info.text().startswith("found:")
     viewer.layers.remove(a)
     viewer.layers.remove(b)
-    assert not w.analyze_btn.isEnabled() and w.slide_hint.isVisible()
+    assert not w.runner.analyze_btn.isEnabled() and w.slides.hint.isVisible()
 
 
 def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model, tmp_path):
@@ -146,20 +152,20 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     seen = []
 
     def record(event):
-        run = w._run
+        run = w.runner.run
         if run is None or not hasattr(event, "stage"):
             return
         seen.append((event.stage, event.bags_done, sorted(run.layers),
                      {lv: r.copy() for lv, r in run.rasters.items()}))
 
     t0 = time.perf_counter()
-    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
-    assert w.is_running and w.cancel_btn.isEnabled() and not w.analyze_btn.isEnabled()
-    w._run.worker.yielded.connect(record)
+    qtbot.mouseClick(w.runner.analyze_btn, Qt.MouseButton.LeftButton)
+    assert w.is_running and w.runner.cancel_btn.isEnabled() and not w.runner.analyze_btn.isEnabled()
+    w.runner.run.worker.yielded.connect(record)
     qtbot.waitUntil(lambda: not w.is_running, timeout=90000)
     took = time.perf_counter() - t0
-    assert w.last_error is None, w.last_error
-    outcome = w.last_outcome
+    assert w.runner.last_error is None, w.runner.last_error
+    outcome = w.runner.last_outcome
     result = outcome.result
     assert result.n_bags == 4
     print(f"\nanalysis of 4 bags in the GUI: {took:.1f} s")
@@ -179,10 +185,10 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     assert _names(viewer) == ["tissue.svs", f"{name} tissue bags", f"{name} bag attention",
                               f"{name} patch attention", f"{name} cell attention",
                               f"{name} top bags"]
-    layers = {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+    layers = {ly.metadata.get(K.ROLE): ly for ly in viewer.layers}
 
     # alignment: each bag's heatmap pixels cover the bag's level-0 box in world units
-    for level, k in L.PIXELS_PER_BAG.items():
+    for level, k in vocab.PIXELS_PER_BAG.items():
         layer = layers[L.ROLES[level]]
         assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
         for i, (x0, y0, x1, y1) in enumerate(result.boxes):
@@ -211,13 +217,13 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     top = layers[L.TOP_ROLE]
     assert len(top.data) == 4 and list(top.features["rank"]) == [1, 2, 3, 4]
     assert top.text.values[0].startswith("#1 γ=")
-    assert w.top_table.rowCount() == 4
-    assert w.top_table.item(0, 0).text() == "1"
-    assert "tumour" in w.prediction_label.text() and "normal" in w.prediction_label.text()
+    assert w.results.top_table.rowCount() == 4
+    assert w.results.top_table.item(0, 0).text() == "1"
+    assert "tumour" in w.results.prediction_label.text() and "normal" in w.results.prediction_label.text()
 
     # hover: the status bar text of the active layer holds the scores under the cursor
     i = int(result.top_bags(1)[0])
-    (wy0, wx0), (wy1, wx1) = L.SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[i])
+    (wy0, wx0), (wy1, wx1) = SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[i])
     pos = ((wy0 + wy1) / 2, (wx0 + wx1) / 2)
     status = patch.get_status(pos, view_direction=None, dims_displayed=[0, 1], world=True)
     on_slide = slide_layer.get_status(pos, view_direction=None, dims_displayed=[0, 1],
@@ -226,40 +232,40 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     text = status["coordinates"]
     assert f"bag #{i}" in text and "patch α" in text and "cell β" in text and "slide:" in text
     assert f"{result.bag_attention[i]:.3f}" in text
-    assert W.L.hover_text(result, 1.0, 1.0) is not None  # bag 0 holds (1, 1) level-0 px
+    assert hover_text(result, 1.0, 1.0) is not None  # bag 0 holds (1, 1) level-0 px
     viewer.mouse_over_canvas = True
     viewer.cursor.position = pos
     viewer.update_status_from_cursor()  # what napari's status thread runs on mouse moves
     assert f"bag #{i}" in viewer.status["coordinates"]
 
     # clicking a bag in the list zooms the camera onto it
-    rect = w.top_table.visualItemRect(w.top_table.item(1, 1))
-    qtbot.mouseClick(w.top_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    rect = w.results.top_table.visualItemRect(w.results.top_table.item(1, 1))
+    qtbot.mouseClick(w.results.top_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     j = int(result.top_bags(2)[1])
-    (y0, x0), (y1, x1) = L.SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[j])
+    (y0, x0), (y1, x1) = SlideFrame.from_layer(slide_layer).box_to_world(result.boxes[j])
     cam = viewer.scene.camera
     assert np.allclose(cam.center[-2:], ((y0 + y1) / 2, (x0 + x1) / 2))
     assert cam.zoom == pytest.approx(0.8 * min(viewer.canvas.size) / (y1 - y0))
 
     # display controls: global weighting, fixed scale, top X %, opacity
-    w.weight_global.setChecked(True)
+    w.results.weight_global.setChecked(True)
     assert _nan_equal(patch.data, result.heatmap("patch", "global").data)
     assert patch.metadata["mran_weighting"] == "global"
-    w.scaling_combo.setCurrentIndex(w.scaling_combo.findData("fixed"))
+    w.results.scaling_combo.setCurrentIndex(w.results.scaling_combo.findData("fixed"))
     assert tuple(patch.contrast_limits) == (0.0, 1.0)
-    w.scaling_combo.setCurrentIndex(w.scaling_combo.findData("percentile"))
+    w.results.scaling_combo.setCurrentIndex(w.results.scaling_combo.findData("percentile"))
     finite = patch.data[np.isfinite(patch.data)]
     assert patch.contrast_limits[0] == pytest.approx(np.percentile(finite, 1), rel=1e-4)
-    w.top_percent.setValue(25.0)
+    w.results.top_percent.setValue(25.0)
     kept = np.isfinite(patch.data).sum()
     assert 0 < kept <= 0.3 * 4 * 64
-    w.top_percent.setValue(100.0)
+    w.results.top_percent.setValue(100.0)
     assert np.isfinite(patch.data).sum() == 4 * 64
-    w.opacity_slider.setValue(35)
+    w.results.opacity_slider.setValue(35)
     assert patch.opacity == pytest.approx(0.35)
-    w.top_k.setValue(2)
-    assert len(layers_by_role(viewer)[L.TOP_ROLE].data) == 2 and w.top_table.rowCount() == 2
-    w.weight_local.setChecked(True)
+    w.results.top_k.setValue(2)
+    assert len(layers_by_role(viewer)[L.TOP_ROLE].data) == 2 and w.results.top_table.rowCount() == 2
+    w.results.weight_local.setChecked(True)
 
     # the results store was saved beside the slide (folder writable) and re-opens
     store = slide_path.parent / "mran-results" / "tissue.mran.zarr"
@@ -269,20 +275,20 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
 
     # faithfulness: re-predict from the top bags (napari_mran.faithfulness)
     if w._env.get("faithfulness") is not None:
-        assert w.faith_btn.isEnabled()
-        w.faith_k.setValue(2)
-        w.faith_m.setValue(8)
-        qtbot.mouseClick(w.faith_btn, Qt.MouseButton.LeftButton)
-        _wait_worker(qtbot, lambda: w._faith_worker, timeout=60000)
-        assert w.faith_label.text().startswith("From the top 2 bags × 8 patches: normal")
+        assert w.faith.button.isEnabled()
+        w.faith.k_spin.setValue(2)
+        w.faith.m_spin.setValue(8)
+        qtbot.mouseClick(w.faith.button, Qt.MouseButton.LeftButton)
+        _wait_worker(qtbot, lambda: w.faith.worker, timeout=60000)
+        assert w.faith.label.text().startswith("From the top 2 bags × 8 patches: normal")
 
     # export through the core exporters; files re-open; no overwrite without asking
     out = tmp_path / "export"
     asked = []
-    w.confirm_overwrite = lambda paths: asked.append(list(paths)) or False
+    w.exporter.confirm_overwrite = lambda paths: asked.append(list(paths)) or False
     w.export(out, ["geojson", "csv", "ome_tiff", "ome_zarr", "provenance"])
-    _wait_worker(qtbot, lambda: w._export_worker)
-    assert isinstance(w.last_export, list) and len(w.last_export) == 12, w.last_export
+    _wait_worker(qtbot, lambda: w.exporter.worker)
+    assert isinstance(w.exporter.last, list) and len(w.exporter.last) == 12, w.exporter.last
     gj = json.loads((out / "tissue.bags.geojson").read_text())
     assert len(gj["features"]) == 4
     assert len(json.loads((out / "tissue.patches.geojson").read_text())["features"]) == 256
@@ -298,12 +304,12 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     assert prov["provenance"]["slide"]["path"] == str(slide_path)
     before = (out / "tissue.bags.csv").stat().st_mtime_ns
     w.export(out, ["csv"])  # all three CSVs exist: asked, refused -> nothing written
-    assert asked and len(asked[-1]) == 3 and w._export_worker is None
+    assert asked and len(asked[-1]) == 3 and w.exporter.worker is None
     assert (out / "tissue.bags.csv").stat().st_mtime_ns == before
-    w.confirm_overwrite = lambda paths: True
+    w.exporter.confirm_overwrite = lambda paths: True
     w.export(out, ["csv"])
-    _wait_worker(qtbot, lambda: w._export_worker)
-    assert len(w.last_export) == 3 and (out / "tissue.bags.csv").stat().st_mtime_ns != before
+    _wait_worker(qtbot, lambda: w.exporter.worker)
+    assert len(w.exporter.last) == 3 and (out / "tissue.bags.csv").stat().st_mtime_ns != before
 
     # npe2 writer: File > Save of the patch layer as GeoJSON; never overwrites
     viewer.layers.selection.active = patch
@@ -315,7 +321,7 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
 
 
 def layers_by_role(viewer):
-    return {ly.metadata.get(L.META_ROLE): ly for ly in viewer.layers}
+    return {ly.metadata.get(K.ROLE): ly for ly in viewer.layers}
 
 
 def _slow_reads(monkeypatch, seconds):
@@ -334,7 +340,7 @@ def test_cancel_mid_run_leaves_no_half_layers(make_napari_viewer, qtbot, tissue_
     viewer = make_napari_viewer(show=True)
     slide_layer = viewer.open(str(tissue_slide), plugin="napari-mran")[0]
     w = _widget(viewer, qtbot, tiny_model)
-    w.folder_edit.setText(str(tmp_path / "results"))
+    w.settings.folder_edit.setText(str(tmp_path / "results"))
     clicked = {}
 
     def cancel_after_first_bag(event):  # runs on the main thread, after the widget's slot
@@ -345,12 +351,12 @@ def test_cancel_mid_run_leaves_no_half_layers(make_napari_viewer, qtbot, tissue_
             clicked["layers"] = len(viewer.layers)
             clicked["bags_done"] = event.bags_done
             clicked["t0"] = time.perf_counter()
-            qtbot.mouseClick(w.cancel_btn, Qt.MouseButton.LeftButton)
-            clicked["label"] = w.progress_label.text()
-            clicked["cancel_enabled"] = w.cancel_btn.isEnabled()
+            qtbot.mouseClick(w.runner.cancel_btn, Qt.MouseButton.LeftButton)
+            clicked["label"] = w.runner.progress_label.text()
+            clicked["cancel_enabled"] = w.runner.cancel_btn.isEnabled()
 
-    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
-    w._run.worker.yielded.connect(cancel_after_first_bag)
+    qtbot.mouseClick(w.runner.analyze_btn, Qt.MouseButton.LeftButton)
+    w.runner.run.worker.yielded.connect(cancel_after_first_bag)
     qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
     assert clicked["layers"] == 6  # slide + the 5 layers of the run
     assert clicked["bags_done"] < 4
@@ -362,12 +368,12 @@ def test_cancel_mid_run_leaves_no_half_layers(make_napari_viewer, qtbot, tissue_
     # after the click, and it took about one bag's time (~1-1.5 s here, one CPU core)
     assert clicked["events_after"] == 0
     assert stop_s < 3.0
-    assert w.last_outcome.cancelled
+    assert w.runner.last_outcome.cancelled
     assert _names(viewer) == ["tissue.svs"]  # no half layers
     assert gc.get_freeze_count() == 0  # the run's gc.freeze was undone
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
-    assert w.analyze_btn.isEnabled() and not w.cancel_btn.isEnabled()
-    assert "Cancelled" in w.progress_label.text()
+    assert w.runner.analyze_btn.isEnabled() and not w.runner.cancel_btn.isEnabled()
+    assert "Cancelled" in w.runner.progress_label.text()
     # the slide stays open and readable; the decode pool is gone
     assert slide_layer.metadata["mran_slide"].read_region((0, 0), 0, (16, 16)).shape == (16, 16, 3)
     qtbot.waitUntil(lambda: not [t for t in threading.enumerate()
@@ -381,12 +387,12 @@ def test_quit_from_activity_panel_is_a_cancel(make_napari_viewer, qtbot, tissue_
     viewer = make_napari_viewer(show=True)
     viewer.open(str(tissue_slide), plugin="napari-mran")
     w = _widget(viewer, qtbot, tiny_model)
-    w.folder_edit.setText(str(tmp_path / "results"))
-    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
-    worker = w._run.worker
+    w.settings.folder_edit.setText(str(tmp_path / "results"))
+    qtbot.mouseClick(w.runner.analyze_btn, Qt.MouseButton.LeftButton)
+    worker = w.runner.run.worker
     worker.yielded.connect(lambda ev: getattr(ev, "stage", "") == "bags" and worker.quit())
     qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
-    assert w.last_outcome.cancelled and _names(viewer) == ["tissue.svs"]
+    assert w.runner.last_outcome.cancelled and _names(viewer) == ["tissue.svs"]
     assert not (tmp_path / "results").exists()
     assert gc.get_freeze_count() == 0
     qtbot.waitUntil(lambda: not [t for t in threading.enumerate()
@@ -399,7 +405,7 @@ def test_cancel_keeps_previous_result(make_napari_viewer, qtbot, tissue_slide, t
     viewer = make_napari_viewer(show=True)
     viewer.open(str(tissue_slide), plugin="napari-mran")
     w = _widget(viewer, qtbot, tiny_model)
-    w.save_check.setChecked(False)
+    w.settings.save_check.setChecked(False)
     _analyse(qtbot, w)
     first = list(viewer.layers)
     assert len(first) == 6
@@ -411,13 +417,13 @@ def test_cancel_keeps_previous_result(make_napari_viewer, qtbot, tissue_slide, t
             state["n"] = len(viewer.layers)
             w.cancel_analysis()
 
-    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
-    w._run.worker.yielded.connect(cancel_after_first_bag)
+    qtbot.mouseClick(w.runner.analyze_btn, Qt.MouseButton.LeftButton)
+    w.runner.run.worker.yielded.connect(cancel_after_first_bag)
     qtbot.waitUntil(lambda: not w.is_running, timeout=60000)
     assert state["hidden"] == [True] + [False] * 5 and state["n"] == 11
     assert list(viewer.layers) == first
     assert [ly.visible for ly in first] == [True, True, False, True, False, True]
-    assert w.last_outcome.saved is None  # saving was switched off
+    assert w.runner.last_outcome.saved is None  # saving was switched off
 
 
 def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, tiny_model,
@@ -428,7 +434,7 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, ti
     viewer = make_napari_viewer(show=True)
     viewer.open(str(tissue_slide), plugin="napari-mran")
     w = _widget(viewer, qtbot, tiny_model)
-    w.folder_edit.setText(str(tmp_path / "results"))
+    w.settings.folder_edit.setText(str(tmp_path / "results"))
     qtbot.wait(500)  # let the viewer settle (first draws, pre-warming)
     ticks = []  # (time, gap since the previous tick) in ms
     clock, since = QElapsedTimer(), QElapsedTimer()
@@ -439,8 +445,8 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, ti
     clock.start()
     since.start()
     timer.start()
-    qtbot.mouseClick(w.analyze_btn, Qt.MouseButton.LeftButton)
-    w._run.worker.started.connect(lambda: marks.setdefault("worker", since.elapsed()))
+    qtbot.mouseClick(w.runner.analyze_btn, Qt.MouseButton.LeftButton)
+    w.runner.run.worker.started.connect(lambda: marks.setdefault("worker", since.elapsed()))
     frozen_during = gc.get_freeze_count()
     qtbot.waitUntil(lambda: not w.is_running, timeout=90000)
     marks["done"] = since.elapsed()
@@ -449,7 +455,7 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, ti
     assert frozen_during > 10000 and gc.get_freeze_count() == 0
     qtbot.wait(300)  # the last repaint
     timer.stop()
-    assert w.last_error is None and w.last_outcome.result is not None
+    assert w.runner.last_error is None and w.runner.last_outcome.result is not None
     prep = max(g for t, g in ticks[1:] if t <= marks["worker"])
     run = max(g for t, g in ticks if t > marks["worker"])
     record_property("max_event_loop_block_ms", run)
@@ -465,43 +471,43 @@ def test_analysis_error_becomes_notification(make_napari_viewer, qtbot, tiny_mod
     glass = np.full((4096, 4096, 3), 243, np.uint8)
     p = write_svs_pyramid(tmp_path / "glass.svs", glass, downsamples=(1, 4, 16), mpp=0.5)
     errors = []
-    monkeypatch.setattr(W, "show_error", lambda msg: errors.append(msg))
+    monkeypatch.setattr(notifications, "show_error", lambda msg: errors.append(msg))
     viewer = make_napari_viewer(show=True)
     viewer.open(str(p), plugin="napari-mran")
     w = _widget(viewer, qtbot, tiny_model)
     _analyse(qtbot, w)
     assert errors and "no tissue bags found" in errors[0] and "glass.svs" in errors[0]
     assert _names(viewer) == ["glass.svs"]
-    assert w.progress_label.text().startswith("Failed:")
-    assert w.analyze_btn.isEnabled()
+    assert w.runner.progress_label.text().startswith("Failed:")
+    assert w.runner.analyze_btn.isEnabled()
 
 
 def test_model_picker(make_napari_viewer, qtbot, tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(W, "_find_faithfulness", lambda: (None, "not in this build"))
+    monkeypatch.setattr(jobs, "find_faithfulness", lambda: (None, "not in this build"))
     viewer = make_napari_viewer(show=True)
     w = _widget(viewer, qtbot)
-    demo = w.model_combo.model().item(0)
+    demo = w.models.combo.model().item(0)
     from napari_mran.model import DEMO_MODEL_PATH
 
     if DEMO_MODEL_PATH.is_file():
-        assert demo.isEnabled() and "bundled" in w.model_combo.itemText(0)
+        assert demo.isEnabled() and "bundled" in w.models.combo.itemText(0)
     else:
-        assert not demo.isEnabled() and "not bundled" in w.model_combo.itemText(0)
+        assert not demo.isEnabled() and "not bundled" in w.models.combo.itemText(0)
         assert "checkpoint" in demo.toolTip()
     good = save_model(tiny_model, tmp_path / "tiny.safetensors")
-    w.open_checkpoint(str(good))
-    qtbot.waitUntil(lambda: w._model is not None, timeout=30000)
-    assert "normal, tumour" in w.model_info.text()
-    assert w.model_combo.currentText() == "tiny.safetensors"
+    w.models.open_checkpoint(str(good))
+    qtbot.waitUntil(lambda: w.models.model is not None, timeout=30000)
+    assert "normal, tumour" in w.models.info.text()
+    assert w.models.combo.currentText() == "tiny.safetensors"
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x00" * 64)
     errors = []
-    monkeypatch.setattr(W, "show_error", lambda msg: errors.append(msg))
-    w.open_checkpoint(str(bad))
-    qtbot.waitUntil(lambda: "Cannot load" in w.model_info.text(), timeout=30000)
-    assert w._model is None and errors and "broken.safetensors" in errors[0]
+    monkeypatch.setattr(notifications, "show_error", lambda msg: errors.append(msg))
+    w.models.open_checkpoint(str(bad))
+    qtbot.waitUntil(lambda: "Cannot load" in w.models.info.text(), timeout=30000)
+    assert w.models.model is None and errors and "broken.safetensors" in errors[0]
     # the faithfulness control is disabled with the reason when the module is missing
-    assert not w.faith_btn.isEnabled() and w.faith_btn.toolTip() == "not in this build"
+    assert not w.faith.button.isEnabled() and w.faith.button.toolTip() == "not in this build"
 
 
 def test_helpers_without_a_viewer(tmp_path, monkeypatch):
@@ -510,10 +516,14 @@ def test_helpers_without_a_viewer(tmp_path, monkeypatch):
     slide = tmp_path / "ro" / "s.svs"
     slide.parent.mkdir()
     slide.write_bytes(b"")
-    assert W.default_results_folder(slide) == slide.parent / "mran-results"
-    monkeypatch.setattr(W.os, "access", lambda *a: False)
+    assert storage.default_results_folder(slide) == slide.parent / "mran-results"
+    monkeypatch.setattr(storage.os, "access", lambda *a: False)
     monkeypatch.setenv("NAPARI_MRAN_CACHE", str(tmp_path / "cache"))
-    assert W.default_results_folder(slide) == user_cache_dir() / "results"
-    assert W.slide_stem("/a/b/CMU-1.small.svs") == "CMU-1.small"
-    assert W.slide_stem("x/scan.ome.tiff") == "scan"
-    assert W._fmt_eta(None) == "–" and W._fmt_eta(75) == "1:15" and W._fmt_eta(3700) == "1:01:40"
+    assert storage.default_results_folder(slide) == user_cache_dir() / "results"
+    assert vocab.file_stem("/a/b/CMU-1.small.svs") == "CMU-1.small"
+    assert vocab.file_stem("x/scan.ome.tiff") == "scan"
+    names = storage.run_store_names("/a/b/CMU-1.small.svs")
+    assert [next(names) for _ in range(3)] == [
+        "CMU-1.small.mran.zarr", "CMU-1.small-2.mran.zarr", "CMU-1.small-3.mran.zarr"]
+    assert texts.fmt_eta(None) == "–" and texts.fmt_eta(75) == "1:15"
+    assert texts.fmt_eta(3700) == "1:01:40"

@@ -10,8 +10,8 @@ import tifffile
 from qtpy.QtCore import Qt
 from slide_writers import write_svs_pyramid
 
-from napari_mran._napari import _widget as W
 from napari_mran._napari import layers as L
+from napari_mran._napari._qt import widget as W
 from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.model import load_model
 
@@ -30,14 +30,14 @@ def _open_and_dock(viewer, qtbot, path):
     assert isinstance(widget, W.AnalyzeSlideWidget)
     qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
     # the bundled demo model is picked by default
-    qtbot.waitUntil(lambda: widget._model is not None, timeout=30000)
-    widget.save_check.setChecked(False)
-    widget.compile_combo.setCurrentIndex(2)
+    qtbot.waitUntil(lambda: widget.models.model is not None, timeout=30000)
+    widget.settings.save_check.setChecked(False)
+    widget.settings.compile_combo.setCurrentIndex(2)
     return widget
 
 
 def _analyse(qtbot, widget):
-    qtbot.mouseClick(widget.analyze_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.runner.analyze_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=90000)
 
 
@@ -45,26 +45,26 @@ def test_grey_slide_refused_with_reason_then_override(make_napari_viewer, qtbot,
     viewer = make_napari_viewer(show=True)
     widget = _open_and_dock(viewer, qtbot, grey_slide)
     _analyse(qtbot, widget)
-    assert widget.last_error and "not a brightfield H&E image" in widget.last_error
-    assert "no colour" in widget.progress_label.text()
+    assert widget.runner.last_error and "not a brightfield H&E image" in widget.runner.last_error
+    assert "no colour" in widget.runner.progress_label.text()
     assert not [ly for ly in viewer.layers if "attention" in ly.name]  # nothing half-made
-    widget.allow_check.setChecked(True)
+    widget.settings.allow_check.setChecked(True)
     _analyse(qtbot, widget)
-    assert widget.last_error is None and widget.last_outcome.result is not None
-    check = widget.last_outcome.result.provenance["input_check"]
+    assert widget.runner.last_error is None and widget.runner.last_outcome.result is not None
+    check = widget.runner.last_outcome.result.provenance["input_check"]
     assert check["overridden"] is True and check["passed"] is False
 
 
 def test_demo_model_named_in_layers_and_prediction(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     widget = _open_and_dock(viewer, qtbot, sample_slide_path())
-    assert getattr(widget._model, "is_demo", False)
-    assert "DEMO model" in widget.model_info.text()
+    assert getattr(widget.models.model, "is_demo", False)
+    assert "DEMO model" in widget.models.info.text()
     _analyse(qtbot, widget)
-    assert widget.last_error is None, widget.last_error
+    assert widget.runner.last_error is None, widget.runner.last_error
     heat = [ly.name for ly in viewer.layers if "attention" in ly.name]
     assert heat and all(L.DEMO_TAG in n for n in heat)
-    text = widget.prediction_label.text()
+    text = widget.results.prediction_label.text()
     assert "DEMO model" in text and "of the tissue analysed" in text and "edge bags: pad" in text
 
 
@@ -78,8 +78,8 @@ def test_checkpoint_model_is_not_called_demo(make_napari_viewer, qtbot, tmp_path
     widget = _open_and_dock(viewer, qtbot, sample_slide_path())
     widget.set_model(MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval(),
                      "tiny")
-    assert "DEMO" not in widget.model_info.text()
+    assert "DEMO" not in widget.models.info.text()
     _analyse(qtbot, widget)
     assert not [ly for ly in viewer.layers if L.DEMO_TAG in ly.name]
-    assert "DEMO" not in widget.prediction_label.text()
+    assert "DEMO" not in widget.results.prediction_label.text()
     assert load_model("demo").is_demo
