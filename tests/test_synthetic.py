@@ -23,6 +23,8 @@ import pytest
 import tifffile
 
 from napari_mran import synthetic as syn
+from napari_mran.synthetic._cascade import reduce2
+from napari_mran.synthetic._texture import texture_bank
 
 W, H = 2048, 1536  # main test slide: 4 levels with 256 px tiles
 SEED = 1
@@ -286,12 +288,12 @@ def test_reduced_levels_are_area_reductions_of_level0(slides):
     ~1.4; we allow 2.5.  A one-pixel misregistration gives > 5, so the test
     does detect a wrongly placed or wrongly scaled level."""
     levels = _levels(slides[0].path)
-    red = syn._reduce2(levels[0])
+    red = reduce2(levels[0])
     mae = np.abs(levels[1].astype(int) - red).mean()
     assert mae < 2.5
     shifted = np.abs(levels[1][:, 1:].astype(int) - red[:, :-1]).mean()
     assert shifted > mae + 2
-    red2 = syn._reduce2(syn._reduce2(levels[0]))
+    red2 = reduce2(reduce2(levels[0]))
     assert np.abs(levels[2].astype(int) - red2).mean() < 2.5
 
 
@@ -427,7 +429,7 @@ def test_streaming_memory_is_bounded(tmp_path):
     is written with a traced Python/numpy peak of a few MB: nothing holds a
     level.  The peak is set by the tile size and the width (band buffers),
     not by the height."""
-    syn._textures(0.5, 256)  # shared per-process texture bank, built outside the trace
+    texture_bank(0.5, 256)  # shared per-process texture bank, built outside the trace
     w, h = 2048, 12288
     tracemalloc.start()
     try:
@@ -449,6 +451,8 @@ def test_large_slide_20000_bounded_rss(tmp_path):
     code = textwrap.dedent(f"""
         import resource, time
         from napari_mran import synthetic as syn
+from napari_mran.synthetic._cascade import reduce2
+from napari_mran.synthetic._texture import texture_bank
         t = time.perf_counter()
         info = syn.make_slide({str(tmp_path / 'big.svs')!r}, 20000, 20000, True, 11)
         dt = time.perf_counter() - t
@@ -472,12 +476,16 @@ def test_large_slide_20000_bounded_rss(tmp_path):
 
 def test_module_imports_only_light_dependencies():
     allowed = {"numpy", "tifffile", "imagecodecs", "scipy", "PIL", "__future__"}
-    src = Path(syn.__file__).read_text()
     mods = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            mods.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            mods.add(node.module.split(".")[0])
+    for path in Path(syn.__file__).parent.glob("*.py"):  # every module of the package
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                continue  # a sibling module of the package
+            elif isinstance(node, ast.ImportFrom):
+                # absolute, or relative beyond the package (napari_mran itself): not allowed
+                mods.add(node.module.split(".")[0] if node.level == 0 and node.module
+                         else "napari_mran")
     extra = {m for m in mods if m not in allowed and m not in sys.stdlib_module_names}
     assert not extra, f"napari_mran.synthetic imports {extra}"
