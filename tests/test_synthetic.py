@@ -451,8 +451,6 @@ def test_large_slide_20000_bounded_rss(tmp_path):
     code = textwrap.dedent(f"""
         import resource, time
         from napari_mran import synthetic as syn
-from napari_mran.synthetic._cascade import reduce2
-from napari_mran.synthetic._texture import texture_bank
         t = time.perf_counter()
         info = syn.make_slide({str(tmp_path / 'big.svs')!r}, 20000, 20000, True, 11)
         dt = time.perf_counter() - t
