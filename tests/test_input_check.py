@@ -117,3 +117,14 @@ def test_check_rgb_edge_cases():
     boxes[:32, :32] = (255, 0, 0)
     boxes[32:, 32:] = (0, 0, 255)
     assert "pure" in check_rgb(boxes).reason
+
+
+def test_pixel_conversion_is_recorded(bad_slides, model_file):
+    """A grey slide is converted to RGB explicitly; the result says how (reliability row 9)."""
+    with open_slide(bad_slides["grey"]) as slide:
+        result = predict_slide(slide, load_model(model_file), allow_non_brightfield=True)
+        assert result.provenance["slide"]["pixel_conversion"] == \
+            slide.properties["mran.pixel-conversion"]
+    with open_slide(bad_slides["gradient"]) as slide:
+        result = predict_slide(slide, load_model(model_file), allow_non_brightfield=True)
+    assert result.provenance["slide"]["pixel_conversion"]

@@ -24,8 +24,12 @@ def versions(*names: str) -> dict[str, str]:
 def slide_provenance(slide: Slide) -> dict[str, Any]:
     from ..slide import file_fingerprint
 
+    props = getattr(slide, "properties", {}) or {}
     info: dict[str, Any] = {"path": os.path.abspath(slide.path), "vendor": slide.vendor,
-                            "level0_size": list(slide.dimensions)}
+                            "level0_size": list(slide.dimensions),
+                            "backend": props.get("mran.backend"),
+                            # how the stored pixels became 8-bit RGB (reliability row 9)
+                            "pixel_conversion": props.get("mran.pixel-conversion")}
     try:
         info["bytes"], info["sha256_first_mb"] = file_fingerprint(slide.path)
     except OSError as exc:
