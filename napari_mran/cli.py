@@ -58,6 +58,22 @@ class _Progress:
 def _cmd_train(args) -> int:
     from .training import TrainConfig, train
 
+    repeated = args.split_ratio is not None or args.split_dir is not None
+    if repeated:  # every option check before anything is read or created
+        from .training import LabelsError, parse_ratio
+
+        if args.split_ratio is not None and args.split_dir is not None:
+            raise LabelsError("--split-ratio and --split-dir exclude each other")
+        if args.split_file:
+            raise LabelsError("--split-file excludes --split-ratio and --split-dir")
+        if args.split_ratio is not None:
+            parse_ratio(args.split_ratio)
+        if args.repeats is not None and args.repeats < 1:
+            raise LabelsError(f"--repeats must be a positive integer, got {args.repeats}")
+    elif args.repeats is not None or args.allow_missing_slides:
+        from .training import LabelsError
+
+        raise LabelsError("--repeats and --allow-missing-slides need --split-ratio or --split-dir")
     cfg = TrainConfig(epochs=args.epochs, width=args.width, lr=args.lr, batch_size=args.batch_size,
                       seed=args.seed, n_folds=args.folds, fold=args.fold, split_file=args.split_file,
                       bag_px=args.bag_px, tissue_method=args.tissue_method,
@@ -67,18 +83,43 @@ def _cmd_train(args) -> int:
     progress = _Progress(args.quiet)
 
     def show(ev):
-        if ev.stage == "epoch":
+        if ev.stage in ("epoch", "prepare", "test"):
             progress.line(ev.message, final=True)
         elif ev.stage == "upstream":
             eta = f", ETA {ev.eta_s:.0f} s" if ev.eta_s is not None else ""
             progress.line(f"{ev.message} loss {ev.loss:.3f}{eta}")
-        elif ev.stage == "prepare":
-            progress.line(ev.message, final=True)
 
+    command = "napari-mran " + " ".join(sys.argv[1:])
+    if repeated:
+        from dataclasses import replace
+
+        from .training import train_repeats
+
+        def show_repeat(rev):
+            if rev.event is not None:
+                show(replace(rev.event, message=rev.message))
+            elif rev.stage != "summary":
+                progress.line(rev.message, final=True)
+
+        repeats = args.repeats if args.repeats is not None else (5 if args.split_ratio else None)
+        res = _drain(train_repeats(args.slides, args.labels, args.out, cfg, repeats=repeats,
+                                   ratio=args.split_ratio, split_dir=args.split_dir,
+                                   allow_missing=args.allow_missing_slides, resume=args.resume,
+                                   command=command), show_repeat)
+        print(res.summary_md.read_text(), file=sys.stderr)
+        print(json.dumps({"summary_csv": str(res.summary_csv), "summary_md": str(res.summary_md),
+                          "repeats": len(res.runs), "runs": [str(r) for r in res.runs],
+                          "test": {k: {"mean": v["mean"], "sd": v["sd"], "n": v["n"]}
+                                   for k, v in res.metrics.items()}}, indent=2, allow_nan=False))
+        return 0
     summary = _drain(train(args.slides, args.labels, args.out, cfg, resume=args.resume,
-                           command="napari-mran " + " ".join(sys.argv[1:])), show)
+                           command=command), show)
+    test = (summary.test or {}).get("metrics")
     print(json.dumps({"model": str(summary.model_path), "best_epoch": summary.best_epoch,
-                      "best": summary.best_metrics.get("val", summary.best_metrics.get("train"))},
+                      "best": summary.best_metrics.get("val", summary.best_metrics.get("train")),
+                      "test": None if test is None else
+                      {k: test.get(k) for k in ("n", "accuracy", "auc", "f1", "sensitivity",
+                                                "specificity")}},
                      indent=2))
     return 0
 
@@ -439,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--slides", required=True, help="folder holding the slides")
     tr.add_argument("--labels", required=True, help="labels.csv with columns slide,label,case")
     tr.add_argument("--out", required=True, help="run folder (new, or existing with --resume)")
-    tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run (with "
+                    "repeats: finished repeats are verified and skipped)")
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--width", type=float, default=1.0, help="ResNet width multiplier (1 = ResNet-18)")
     tr.add_argument("--lr", type=float, default=1e-4)
@@ -448,6 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--folds", type=int, default=5)
     tr.add_argument("--fold", type=int, default=0, help="test fold (the next one validates)")
     tr.add_argument("--split-file", default=None, help="CSV slide,split (train/val/test) instead of folds")
+    tr.add_argument("--split-ratio", default=None, metavar="A:B:C",
+                    help="repeated Monte-Carlo splits by case, stratified by label, in the ratio "
+                         "train:val:test (the authors: 3:1:1 BRCA/STAD, 2:1:2 LUSC); each repeat "
+                         "is a run in OUT/repeat-<i>/, then OUT/repeats-summary.{csv,md}")
+    tr.add_argument("--split-dir", default=None, metavar="DIR",
+                    help="the authors' split CSVs: DIR/<i>/case_{train,val,test}.csv (their "
+                         "csv/<cohort>/split/<ratio>/), one repeat per numbered folder")
+    tr.add_argument("--repeats", type=int, default=None, metavar="N",
+                    help="number of repeats (default 5 with --split-ratio, every folder with "
+                         "--split-dir); repeat i's split seed derives from --seed and i")
+    tr.add_argument("--allow-missing-slides", action="store_true",
+                    help="with --split-dir: train without the split files' slides that match "
+                         "no slide of --labels (they are reported); default: an error")
     tr.add_argument("--bag-px", type=int, default=2048)
     tr.add_argument("--tissue-method", choices=["reference", "exact", "otsu"], default="reference")
     tr.add_argument("--max-bags-per-slide", type=int, default=None)

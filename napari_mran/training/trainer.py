@@ -31,6 +31,10 @@ from .splits import (LabelsError, make_splits, read_labels, read_split_file,
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
+TEST_METRICS = "test_metrics.json"
+#: what a run folder holds before its first checkpoint: a run killed then can start over
+_BEFORE_FIRST_CHECKPOINT = {"train_config.json", "splits.csv", "bags", MODEL, "metrics.jsonl",
+                            "metrics.png", "metrics.tmp.png"}
 
 
 @dataclass
@@ -82,6 +86,7 @@ class TrainSummary:
     best_epoch: int
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    test: dict[str, Any] | None = None   # test_metrics.json: the best model on the test split
 
 
 def downstream_scheduler(optimizer, milestone: int = 5, *, saved_state: dict | None = None):
@@ -129,11 +134,16 @@ def _binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
           out_dir: str | os.PathLike, config: TrainConfig | None = None, *,
           resume: bool = False, command: str | None = None,
+          bag_cache: str | os.PathLike | None = None,
           ) -> Generator[EpochEvent, None, TrainSummary]:
     """Train MRAN; yields :class:`EpochEvent`, returns a :class:`TrainSummary`.
 
     ``out_dir`` (the run folder) must be new or empty, unless ``resume`` is True and it
-    holds a checkpoint of the same configuration.
+    holds a checkpoint of the same configuration (or only what a run writes before its
+    first checkpoint: then it starts over). ``bag_cache``: the folder of the tissue-bag
+    cache (default ``<run>/bags``; entries are keyed by slide file and tissue options, so
+    runs may share one). After the last epoch the best model is tested on the test split:
+    ``test_metrics.json`` (written last) and :attr:`TrainSummary.test`.
     """
     import torch
 
@@ -163,7 +173,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         if not resume:
             raise OutputExistsError(f"{run}: the run folder is not empty; use --resume to continue "
                                     "it, or choose a new folder")
-        if not ckpt_path.is_file():
+        if not ckpt_path.is_file() and not _killed_before_first_checkpoint(run):
             raise MRANError(f"{run}: nothing to resume (no {CHECKPOINT})")
         saved = json.loads((run / "train_config.json").read_text())
         if not _same_options(saved, cfg):
@@ -187,6 +197,8 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     run.mkdir(parents=True, exist_ok=True)
     (run / "train_config.json").write_text(cfg_json)
     write_splits(splits, run / "splits.csv")
+    if not resuming:  # a run killed before its first checkpoint starts over: no stale lines
+        (run / "metrics.jsonl").unlink(missing_ok=True)
     if dev.type != "mps":
         model = model.to(memory_format=torch.channels_last)
 
@@ -196,7 +208,8 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     for split in ("train", "val", "test"):
         bags[split] = []
         for item in splits[split]:
-            sb = slide_bags(item, slides_dir, run / "bags", bag_px=cfg.bag_px,
+            sb = slide_bags(item, slides_dir, Path(bag_cache) if bag_cache else run / "bags",
+                            bag_px=cfg.bag_px,
                             tissue_method=cfg.tissue_method)
             if len(sb.boxes):
                 bags[split].append(sb)
@@ -398,9 +411,115 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
             yield EpochEvent(epoch, cfg.epochs, "epoch", metrics=record,
                              elapsed_s=time.perf_counter() - t_start,
                              message=_epoch_line(record))
+
+        # ---- 5. the best model on the test split (written last: it marks a finished run)
+        test_doc = None
+        if (run / MODEL).is_file():
+            n_test = len(splits["test"])
+            yield EpochEvent(cfg.epochs - 1, cfg.epochs, "test",
+                             message=f"testing the best model (epoch {best['epoch']}) on "
+                                     f"{n_test} test slide{'s' if n_test != 1 else ''}")
+            from ..model import load_model, sha256_of
+
+            model_sha = sha256_of(run / MODEL)
+            model.load_state_dict(load_model(run / MODEL).state_dict())
+            te_labels, te_probs = (slide_probs(bags["test"], embed(bags["test"])) if bags["test"]
+                                   else (np.zeros(0, int), np.zeros((0, n_classes))))
+            test_doc = _test_document(bags["test"], splits["test"], te_labels, te_probs,
+                                      class_names, best["epoch"], cfg.epochs, model_sha)
+            _write_json(run / TEST_METRICS, test_doc)
+            yield EpochEvent(cfg.epochs - 1, cfg.epochs, "test", metrics=test_doc,
+                             elapsed_s=time.perf_counter() - t_start,
+                             message=_test_line(test_doc))
     finally:
         reader.close()
-    return TrainSummary(run, run / MODEL, best["epoch"], best["metrics"], history)
+    return TrainSummary(run, run / MODEL, best["epoch"], best["metrics"], history, test_doc)
+
+
+def _killed_before_first_checkpoint(run: Path) -> bool:
+    """Whether ``run`` holds only what a run writes before its first checkpoint (and its
+    train_config.json): then resuming starts that run over (the tissue-bag cache is kept)."""
+    names = {p.name for p in run.iterdir()}
+    return ("train_config.json" in names
+            and all(n in _BEFORE_FIRST_CHECKPOINT or n.startswith(CHECKPOINT + ".tmp")
+                    or (n.startswith(f".{MODEL}.") and n.endswith(".partial")) for n in names))
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    """Strict JSON (no NaN), written under a temporary name and renamed into place."""
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _test_document(slides: list[SlideBags], items, labels: np.ndarray, probs: np.ndarray,
+                   class_names: list[str], best_epoch: int, epochs: int, model_sha: str,
+                   ) -> dict[str, Any]:
+    from ..metrics import classification_metrics
+
+    with_bags = {s.item.slide for s in slides}
+    metrics = classification_metrics(labels, probs, class_names) if len(labels) else None
+    return {
+        "split": "test", "best_epoch": best_epoch, "epochs": epochs, "model_sha256": model_sha,
+        "class_names": list(class_names), "n_slides": len(items),
+        "no_tissue_bags": sorted(i.slide for i in items if i.slide not in with_bags),
+        "metrics": metrics,
+        "slides": [{"slide": s.item.slide, "case": s.item.case, "label": int(s.item.label),
+                    "n_bags": int(len(s.boxes)), "probs": [float(v) for v in p]}
+                   for s, p in zip(slides, probs)],
+    }
+
+
+def _test_line(doc: dict[str, Any]) -> str:
+    m = doc.get("metrics")
+    if not m:
+        return "test: no test slide with tissue bags"
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+    return (f"test ({m['n']} slides, best epoch {doc['best_epoch']}): acc {fmt(m['accuracy'])} "
+            f"auc {fmt(m['auc'])} f1 {fmt(m['f1'])} sens {fmt(m['sensitivity'])} "
+            f"spec {fmt(m['specificity'])}")
+
+
+def finished_run(run: str | os.PathLike, cfg: TrainConfig, *, strict: bool = False,
+                 ) -> dict[str, Any] | None:
+    """The test document of a run folder that finished training with options ``cfg`` and
+    whose files agree: train_config.json has ``cfg``'s options, metrics.jsonl one line per
+    epoch, the checkpoint is there, and test_metrics.json was made from the model file now
+    there (SHA-256). None when the run has no test_metrics.json (not finished); when it has
+    one but something disagrees, None, or with ``strict`` an MRANError naming what."""
+    from ..model import sha256_of
+
+    run = Path(run)
+    if not (run / TEST_METRICS).is_file():
+        return None
+    try:
+        saved = json.loads((run / "train_config.json").read_text())
+        doc = json.loads((run / TEST_METRICS).read_text())
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        epochs = [json.loads(x)["epoch"] for x in lines]
+        if not _same_options(saved, cfg):
+            problem = "its options differ from the ones given now"
+        elif not (run / CHECKPOINT).is_file():
+            problem = f"{CHECKPOINT} is missing"
+        elif doc.get("epochs") != cfg.epochs or epochs != list(range(1, cfg.epochs + 1)):
+            problem = (f"it does not hold {cfg.epochs} epochs (metrics.jsonl has {len(epochs)}, "
+                       f"{TEST_METRICS} says {doc.get('epochs')})")
+        elif doc.get("model_sha256") != sha256_of(run / MODEL):
+            problem = f"{MODEL} is not the model that {TEST_METRICS} was made from"
+        else:
+            return doc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"its files cannot be read ({exc})"
+    if strict:
+        raise MRANError(f"{run}: finished run that does not verify: {problem}; move it away "
+                        "to train it again")
+    return None
 
 
 def _n_used(s: SlideBags, cfg: TrainConfig) -> int:
