@@ -39,7 +39,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from napari_mran.errors import OutputExistsError, ResultsError
 
@@ -236,6 +236,33 @@ def _publish_file(tmp: Path, final: Path, overwrite: bool) -> None:
     _unlink_quietly(tmp)
 
 
+class _Guard:
+    """What a writer holds on its temporary sibling: the lock, an open file."""
+
+    lock: int | None = None
+    fh: IO[Any] | None = None
+
+
+@contextlib.contextmanager
+def _removed_on_error(final: Path, tmp: Path, remove: Callable[[Path], None]
+                      ) -> Iterator[_Guard]:
+    """Around the writing of *tmp* for *final*: on any exception close the file, remove
+    *tmp* (OSError: reworded for *final*); the lock is released in every case."""
+    guard = _Guard()
+    try:
+        yield guard
+    except BaseException as exc:
+        if guard.fh is not None:
+            with contextlib.suppress(Exception):
+                guard.fh.close()
+        remove(tmp)
+        if isinstance(exc, OSError):
+            raise _os_error(final, exc, "write") from exc
+        raise
+    finally:
+        _unlock(guard.lock)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path to write; publish it onto *path* on success.
@@ -246,11 +273,10 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     final = check_destination(path, overwrite=overwrite, kind="file")
     remove_stale_partials(final, directory=False)
     tmp = temp_sibling(final)
-    lock = None
-    try:
+    with _removed_on_error(final, tmp, _unlink_quietly) as guard:
         # create it (O_EXCL) and hold its lock while the writer fills it by name
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        lock = _lock(tmp, directory=False)
+        guard.lock = _lock(tmp, directory=False)
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise ResultsError(f"{final}: the writer produced no file")
@@ -258,14 +284,6 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
             os.fsync(fh.fileno())
         _publish_file(tmp, final, overwrite)
         _fsync_dir(final.parent)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise _os_error(final, exc, "write") from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    finally:
-        _unlock(lock)
 
 
 @contextlib.contextmanager
@@ -286,37 +304,23 @@ def atomic_file(
     final = check_destination(path, overwrite=overwrite, kind="file")
     remove_stale_partials(final, directory=False)
     tmp = temp_sibling(final)
-    fh = None
-    lock = None
-    try:
+    with _removed_on_error(final, tmp, _unlink_quietly) as guard:
         # O_EXCL: never reuse or follow something already at the temporary name;
         # 0o666 so the final file gets the usual umask-derived permissions.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        lock = _lock(tmp, directory=False)
+        guard.lock = _lock(tmp, directory=False)
+        fh: IO[Any]
         if mode == "wb":
             fh = os.fdopen(fd, "wb")
         else:
             fh = os.fdopen(fd, "w", encoding=encoding, newline=newline)
+        guard.fh = fh
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
         fh.close()
         _publish_file(tmp, final, overwrite)
         _fsync_dir(final.parent)
-    except OSError as exc:
-        if fh is not None:
-            with contextlib.suppress(Exception):
-                fh.close()
-        _unlink_quietly(tmp)
-        raise _os_error(final, exc, "write") from exc
-    except BaseException:
-        if fh is not None:
-            with contextlib.suppress(Exception):
-                fh.close()
-        _unlink_quietly(tmp)
-        raise
-    finally:
-        _unlock(lock)
 
 
 def _rmtree_ours(path: Path) -> None:
@@ -360,19 +364,11 @@ def atomic_dir(
         os.mkdir(tmp)
     except OSError as exc:
         raise _os_error(final, exc, "create a folder next to") from exc
-    lock = _lock(tmp, directory=True)  # held until published or removed
-    try:
+    with _removed_on_error(final, tmp, _rmtree_ours) as guard:
+        guard.lock = _lock(tmp, directory=True)  # held until published or removed
         yield tmp
         _publish_dir(tmp, final, overwrite, _replace_reason)
         _fsync_dir(final.parent)
-    except OSError as exc:
-        _rmtree_ours(tmp)
-        raise _os_error(final, exc, "write") from exc
-    except BaseException:
-        _rmtree_ours(tmp)
-        raise
-    finally:
-        _unlock(lock)
 
 
 def _publish_dir(

@@ -282,25 +282,19 @@ def classification_metrics(
         "support": {n: per_class[n]["support"] for n in names},
         "accuracy": accuracy(t, pred),
     }
-    if n_classes == 2:
-        pos = per_class[names[1]]
-        out.update(
-            average="binary",
-            auc=pos["auc"],
-            f1=pos["f1"],
-            precision=pos["precision"],
-            sensitivity=pos["recall"],
-            specificity=per_class[names[0]]["recall"],
-        )
+    if n_classes == 2:  # class 1 is the positive class; specificity = recall of class 0
+        average, chosen = "binary", {**per_class[names[1]],
+                                     "specificity": per_class[names[0]]["recall"]}
     else:
-        out.update(
-            average="macro",
-            auc=macro["auc"],
-            f1=macro["f1"],
-            precision=macro["precision"],
-            sensitivity=macro["recall"],
-            specificity=macro["specificity"],
-        )
+        average, chosen = "macro", macro
+    out.update(
+        average=average,
+        auc=chosen["auc"],
+        f1=chosen["f1"],
+        precision=chosen["precision"],
+        sensitivity=chosen["recall"],
+        specificity=chosen["specificity"],
+    )
     out["per_class"] = per_class
     out["macro"] = macro
     out["confusion_matrix"] = confusion_matrix(t, pred, n_classes).tolist()
