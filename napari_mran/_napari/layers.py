@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..results import SlideResult
+from ..results import Heatmap, SlideResult
 from ..slide import Slide
 from ..vocab import LEVELS, Level, Weighting
 from . import keys
@@ -94,6 +94,27 @@ def result_metadata(result: SlideResult, role: str, extra: dict | None = None) -
     return meta
 
 
+def attention_kwargs(geometry: Heatmap, frame: SlideFrame, name: str, limits, metadata: dict,
+                     *, opacity: float = DEFAULT_OPACITY, visible: bool = True) -> dict:
+    """napari image kwargs of an attention heatmap with *geometry* (its level, scale and
+    translate in level-0 pixels) placed in *frame*: the level's colormap, translucent,
+    nearest-neighbour, *limits* as contrast limits."""
+    scale, translate = frame.heatmap_transform(geometry)
+    return {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "colormap": COLORMAPS.get(geometry.level, COLORMAPS[Level.BAG]),
+        "contrast_limits": list(limits),
+        "opacity": float(opacity),
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "visible": visible,
+        "metadata": metadata,
+        **frame.layer_units(),
+    }
+
+
 def heatmap_layer_data(data: np.ndarray, level: str, bag_px: int, frame: SlideFrame,
                        name: str, metadata: dict, *, scaling: str = DEFAULT_SCALING,
                        opacity: float = DEFAULT_OPACITY, visible: bool = True,
@@ -103,22 +124,10 @@ def heatmap_layer_data(data: np.ndarray, level: str, bag_px: int, frame: SlideFr
     The contrast limits come from *contrast_from* when given (the unthresholded raster,
     so "show only top X %" does not change the colours), else from *data*.
     """
-    scale, translate = frame.heatmap_transform(level_geometry(level, bag_px))
-    kwargs = {
-        "name": name,
-        "scale": scale,
-        "translate": translate,
-        "colormap": COLORMAPS[level],
-        "contrast_limits": list(contrast_limits(data if contrast_from is None
-                                                else contrast_from, scaling)),
-        "opacity": float(opacity),
-        "blending": "translucent",
-        "interpolation2d": "nearest",
-        "visible": visible,
-        "metadata": {**metadata, keys.LEVEL: level, keys.SCALING: scaling},
-        **frame.layer_units(),
-    }
-    return (data, kwargs, "image")
+    limits = contrast_limits(data if contrast_from is None else contrast_from, scaling)
+    return (data, attention_kwargs(level_geometry(level, bag_px), frame, name, limits,
+                                   {**metadata, keys.LEVEL: level, keys.SCALING: scaling},
+                                   opacity=opacity, visible=visible), "image")
 
 
 def tissue_points_data(boxes: np.ndarray, frame: SlideFrame, name: str, metadata: dict,

@@ -27,11 +27,9 @@ def get_reader(path):
     that looks like a slide but is damaged gets a reader that shows a napari
     notification with the reason and adds nothing (never a traceback dialog).
     """
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    path = os.fspath(path)
+    path = _single_path(path)
+    if path is None:
+        return None
     if path.lower().endswith(_TIFF_SUFFIXES) and os.path.isfile(path):
         kind, meta = _sniff_tiff(path)
         if kind == "heatmap":
@@ -45,6 +43,15 @@ def get_reader(path):
     except SlideError as exc:
         return _notifying_reader(exc)
     return _slide_reader(slide)
+
+
+def _single_path(path) -> str | None:
+    """The one path napari passes (a list of one), or None for several."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return os.fspath(path)
 
 
 def _slide_reader(slide):
@@ -70,11 +77,10 @@ def get_results_reader(path):
     Declines (None) anything that is not a folder named ``*.mran.zarr``; a store that is
     incomplete or corrupt gets a reader that notifies the reason and adds nothing.
     """
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    path = os.fspath(path).rstrip("/\\")
+    path = _single_path(path)
+    if path is None:
+        return None
+    path = path.rstrip("/\\")
     if not path.endswith(STORE_SUFFIX) or not os.path.isdir(path):
         return None
     from ..results import SlideResult
@@ -150,7 +156,7 @@ def _current_viewer():
         import napari
 
         return napari.current_viewer()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no napari / no viewer: plain tuples
         return None
 
 
@@ -170,7 +176,7 @@ def _warn(message: str) -> None:
         from napari.utils.notifications import show_warning
 
         show_warning(message)
-    except Exception:
+    except Exception:  # noqa: BLE001
         import warnings
 
         warnings.warn(message, stacklevel=3)
@@ -193,7 +199,7 @@ def _sniff_tiff(path: str):
             page = tif.pages.first
             if page.dtype is not None and page.dtype.kind == "f":
                 return "float", None
-    except Exception:
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the slide reader decides
         pass
     return None, None
 
@@ -201,11 +207,10 @@ def _sniff_tiff(path: str):
 def get_heatmap_reader(path):
     """Reader for a heatmap OME-Zarr exported by napari-mran (folder ``*.ome.zarr``);
     declines (None) any other OME-Zarr so another plugin may open it."""
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    path = os.fspath(path).rstrip("/\\")
+    path = _single_path(path)
+    if path is None:
+        return None
+    path = path.rstrip("/\\")
     if not os.path.isdir(path):
         return None
     from ..export.heatmaps import read_heatmap_metadata
@@ -220,7 +225,7 @@ def _heatmap_reader(meta: dict):
             path = path[0]
         try:
             return [heatmap_layer_data(os.fspath(path), meta)]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged export: say why, add nothing
             return _notifying_reader(ResultsError(f"{path}: {type(exc).__name__}: {exc}"),
                                      what="heatmap")(path)
     return read
@@ -237,48 +242,45 @@ def heatmap_layer_data(path: str, meta: dict | None = None, viewer=None) -> tupl
     0.9+) place OME-Zarr heatmaps half a heatmap pixel up-left instead.
     """
     from ..export.heatmaps import heatmap_geometry, read_heatmap_levels, read_heatmap_metadata
-    from .frame import SlideFrame
-    from .layers import COLORMAPS, DEFAULT_OPACITY
-    from .raster import contrast_limits
+    from .layers import attention_kwargs
 
     if meta is None:
         meta = read_heatmap_metadata(path)
         if meta is None:
             raise ResultsError(f"{path}: not a heatmap exported by napari-mran")
     geometry = heatmap_geometry(meta)
-    if viewer is None:
-        viewer = _current_viewer()
-    slide_layer = _open_slide_layer(viewer, meta.get("slide_path"))
-    if slide_layer is not None:
-        frame = SlideFrame.from_layer(slide_layer)
-    elif geometry.mpp is not None:
-        frame = SlideFrame((geometry.mpp[1], geometry.mpp[0]), (0.0, 0.0), "um")
-    else:
-        frame = SlideFrame()
-    scale, translate = frame.heatmap_transform(geometry)
+    frame = _heatmap_frame(meta, geometry, _current_viewer() if viewer is None else viewer)
     levels = read_heatmap_levels(path)
-    if geometry.value == "prob":
-        limits = [0.0, 1.0]
-    else:  # as the analysis layers: min-max of the full raster (of a small level if huge)
-        small = next((lv for lv in levels if np.prod(lv.shape) <= 2**24), levels[-1])
-        limits = list(contrast_limits(np.asarray(small[...])))
     name = os.path.basename(path.rstrip("/\\"))
     if meta.get("model_is_demo"):
         name += " (demo model)"
-    kwargs = {
-        "name": name,
-        "scale": scale,
-        "translate": translate,
-        "colormap": COLORMAPS.get(geometry.level, "magma"),
-        "contrast_limits": limits,
-        "opacity": DEFAULT_OPACITY,
-        "blending": "translucent",
-        "interpolation2d": "nearest",
-        "metadata": {keys.HEATMAP: meta, keys.HEATMAP_PATH: os.path.abspath(path),
-                     keys.LEVEL: geometry.level},
-        **frame.layer_units(),
-    }
+    kwargs = attention_kwargs(geometry, frame, name, _heatmap_limits(geometry, levels),
+                              {keys.HEATMAP: meta, keys.HEATMAP_PATH: os.path.abspath(path),
+                               keys.LEVEL: geometry.level})
     if len(levels) > 1:
         kwargs["multiscale"] = True
         return (levels, kwargs, "image")
     return (levels[0], kwargs, "image")
+
+
+def _heatmap_frame(meta: dict, geometry, viewer):
+    """The frame of the exported heatmap's slide: its layer's when open in *viewer*."""
+    from .frame import SlideFrame
+
+    slide_layer = _open_slide_layer(viewer, meta.get("slide_path"))
+    if slide_layer is not None:
+        return SlideFrame.from_layer(slide_layer)
+    if geometry.mpp is not None:
+        return SlideFrame((geometry.mpp[1], geometry.mpp[0]), (0.0, 0.0), "um")
+    return SlideFrame()
+
+
+def _heatmap_limits(geometry, levels) -> list[float]:
+    """0-1 for probabilities; else, as the analysis layers, the min-max of the full
+    raster (of a small pyramid level if huge)."""
+    from .raster import contrast_limits
+
+    if geometry.value == "prob":
+        return [0.0, 1.0]
+    small = next((lv for lv in levels if np.prod(lv.shape) <= 2**24), levels[-1])
+    return list(contrast_limits(np.asarray(small[...])))

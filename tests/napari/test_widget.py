@@ -435,7 +435,7 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, ti
     viewer.open(str(tissue_slide), plugin="napari-mran")
     w = _widget(viewer, qtbot, tiny_model)
     w.settings.folder_edit.setText(str(tmp_path / "results"))
-    qtbot.wait(500)  # let the viewer settle (first draws, pre-warming)
+    qtbot.waitUntil(lambda: w.warmed_up, timeout=10000)  # layer types and glyphs built
     ticks = []  # (time, gap since the previous tick) in ms
     clock, since = QElapsedTimer(), QElapsedTimer()
     marks = {}
@@ -453,7 +453,9 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, tissue_slide, ti
     # the objects alive at the click were out of the collector's reach during the run
     # (no full collection of napari + torch's objects blocks the loop), and are back
     assert frozen_during > 10000 and gc.get_freeze_count() == 0
-    qtbot.wait(300)  # the last repaint
+    # the last repaint is measured too: a few more event-loop turns after the run ended
+    ticks_at_end = len(ticks)
+    qtbot.waitUntil(lambda: len(ticks) >= ticks_at_end + 10, timeout=10000)
     timer.stop()
     assert w.runner.last_error is None and w.runner.last_outcome.result is not None
     prep = max(g for t, g in ticks[1:] if t <= marks["worker"])

@@ -20,12 +20,13 @@ from qtpy.QtWidgets import (
 )
 
 from ...inference import AnalysisOptions
-from ...vocab import DEVICES, EDGE_POLICIES, TISSUE_METHODS
+from ...vocab import DEVICES, EDGE_POLICIES, TISSUE_METHODS, EdgePolicy, TissueMethod
 from ..storage import default_results_folder
 
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)"}
-TISSUE_LABELS = {"reference": "reference", "exact": "exact (level 0)", "otsu": "Otsu"}
-EDGE_LABELS = {"pad": "pad (whole tissue)", "drop": "drop (authors' rule)"}
+TISSUE_LABELS = {TissueMethod.REFERENCE: "reference", TissueMethod.EXACT: "exact (level 0)",
+                 TissueMethod.OTSU: "Otsu"}
+EDGE_LABELS = {EdgePolicy.PAD: "pad (whole tissue)", EdgePolicy.DROP: "drop (authors' rule)"}
 COMPILE_CHOICES = (("auto", "auto"), ("on", True), ("off", False))
 BAG_UNITS = (("px", "px"), ("µm", "um"))
 

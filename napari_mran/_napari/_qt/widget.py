@@ -92,8 +92,10 @@ class AnalyzeSlideWidget(QWidget):
         install_gl_guard()  # (also done on plugin activation; idempotent)
         self._refresh_slides()
         self._adopt_existing_results()
-        QTimer.singleShot(0, prewarm_layer_types)
-        in_turns(glyph_prewarm_steps(self.viewer))
+        # pre-warm while the viewer is idle (docs/gui.md, Responsiveness)
+        self.warmed_up = False
+        in_turns([prewarm_layer_types, *glyph_prewarm_steps(self.viewer)],
+                 lambda: setattr(self, "warmed_up", True))
         self._probe_worker = create_worker(probe_environment, _ignore_errors=True)
         self._probe_worker.returned.connect(self._on_probe)
         self._probe_worker.start()
@@ -164,7 +166,7 @@ class AnalyzeSlideWidget(QWidget):
         col.addStretch(1)
         return self.result_tab
 
-    def showEvent(self, event) -> None:
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().showEvent(event)
         QTimer.singleShot(0, self._fit_width)  # sizes are right once styled and shown
 
