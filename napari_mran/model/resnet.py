@@ -36,10 +36,11 @@ def stage_widths(width: float) -> tuple[int, int, int, int]:
     Raises:
         ValueError: if any width would be smaller than one channel.
     """
-    widths = tuple(int(round(base * width)) for base in BASE_WIDTHS)
+    w1, w2, w3, w4 = (int(round(base * width)) for base in BASE_WIDTHS)
+    widths = (w1, w2, w3, w4)
     if min(widths) < 1:
         raise ValueError(f"width multiplier {width!r} gives stage widths {widths}; every stage needs >= 1 channel")
-    return widths  # type: ignore[return-value]
+    return widths
 
 
 class Projection(nn.Module):
