@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                             runner.progress_bar.maximum() > 1 and
                                             runner.run.bags_done >= 0.4 *
                                             runner.progress_bar.maximum()))
-    runner.repaint()
+    runner.paint_progress()
     save(window_shot(), "02-analysis-running.png")
     wait_for(lambda: not widget.is_running)
     print(f"analysis ({model_name}): {time.perf_counter() - t0:.1f} s; "

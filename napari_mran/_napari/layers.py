@@ -21,9 +21,9 @@ from .frame import SlideFrame, level_geometry
 from .raster import DEFAULT_SCALING, contrast_limits, keep_top_fraction
 
 #: The role (layer-name suffix) of each heatmap level and its perceptual colormap.
-ROLES = {Level.BAG: "bag attention", Level.PATCH: "patch attention",
-         Level.CELL: "cell attention"}
-COLORMAPS = {Level.BAG: "magma", Level.PATCH: "viridis", Level.CELL: "inferno"}
+ROLES: dict[str, str] = {Level.BAG: "bag attention", Level.PATCH: "patch attention",
+                         Level.CELL: "cell attention"}
+COLORMAPS: dict[str, str] = {Level.BAG: "magma", Level.PATCH: "viridis", Level.CELL: "inferno"}
 TISSUE_ROLE = "tissue bags"
 TOP_ROLE = "top bags"
 #: every role, bottom to top (the order of the layers of a result)

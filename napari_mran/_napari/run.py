@@ -86,7 +86,8 @@ class Run:
 
     @property
     def slide_size(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.slide.dimensions)
+        width, height = (int(v) for v in self.slide.dimensions)
+        return width, height
 
     # ------------------------------------------------------------ state changes
     def request_cancel(self) -> bool:
@@ -189,7 +190,7 @@ class Run:
         if not self.dirty:
             return {}
         self.dirty = False
-        limits = {}
+        limits: dict[str, tuple[float, float]] = {}
         for level in PAINTED_LEVELS:
             layer = self.layers.get(L.ROLES[level])
             if layer is None:

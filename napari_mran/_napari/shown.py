@@ -71,7 +71,10 @@ def slide_layers(viewer) -> list:
 
 
 def same_file(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
-    return bool(a) and bool(b) and os.path.abspath(a) == os.path.abspath(b)
+    """Whether *a* and *b* are given and name the same path."""
+    if not a or not b:
+        return False
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def results_in(viewer) -> list:
@@ -110,7 +113,7 @@ def apply_display(shown: Shown, display: Display, refresh_data: bool = True
     """Weighting, colour scaling and top-X % of the attention layers of *shown*
     (``refresh_data=False``: the layers already show them).  Returns the contrast
     limits of each level shown."""
-    limits = {}
+    limits: dict[str, tuple[float, float]] = {}
     for level, layer in shown.attention_layers():
         if refresh_data:
             full = shown.result.heatmap(level, display.weighting).data

@@ -62,7 +62,7 @@ class RunPanel(QWidget):
         col.addWidget(self.progress_label)
         self._repaint_timer = QTimer(self)
         self._repaint_timer.setInterval(REPAINT_INTERVAL_MS)
-        self._repaint_timer.timeout.connect(self.repaint)
+        self._repaint_timer.timeout.connect(self.paint_progress)
 
     @property
     def is_running(self) -> bool:
@@ -188,7 +188,7 @@ class RunPanel(QWidget):
                 return
         run.on_tissue(event.tissue_boxes)
 
-    def repaint(self) -> None:
+    def paint_progress(self) -> None:
         """Show what the running analysis painted since the last call."""
         if self.run is not None:
             self._show_limits(self.run.repaint(self._display().scaling))

@@ -113,6 +113,7 @@ class AnalyzeSlideWidget(QWidget):
         self.setMinimumWidth(340)
         col = QVBoxLayout(body)
 
+        self.settings = SettingsPanel()
         # -- what to analyse, with what, and the run (always visible)
         self.slides = SlidePicker(self.viewer)
         self.slides.changed.connect(self._on_slide_changed)
@@ -132,7 +133,6 @@ class AnalyzeSlideWidget(QWidget):
 
         self.tabs = QTabWidget()
         col.addWidget(self.tabs)
-        self.settings = SettingsPanel()
         self.tabs.addTab(self.settings, "Settings")
         self.tabs.addTab(self._result_tab(), "Result")
         col.addStretch(1)
