@@ -101,8 +101,7 @@ def _cmd_train(args) -> int:
             elif rev.stage != "summary":
                 progress.line(rev.message, final=True)
 
-        repeats = args.repeats if args.repeats is not None else (5 if args.split_ratio else None)
-        res = _drain(train_repeats(args.slides, args.labels, args.out, cfg, repeats=repeats,
+        res = _drain(train_repeats(args.slides, args.labels, args.out, cfg, repeats=args.repeats,
                                    ratio=args.split_ratio, split_dir=args.split_dir,
                                    allow_missing=args.allow_missing_slides, resume=args.resume,
                                    command=command), show_repeat)
@@ -504,7 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --split-dir: train without the split files' slides that match "
                          "no slide of --labels (they are reported); default: an error")
     tr.add_argument("--bag-px", type=int, default=2048)
-    tr.add_argument("--tissue-method", choices=["reference", "exact", "otsu"], default="reference")
+    tr.add_argument("--tissue", "--tissue-method", dest="tissue_method",
+                    choices=["reference", "exact", "otsu"], default="reference",
+                    help="tissue bags: reference (fast: the white rule at <= 4x on candidate "
+                         "bags), exact (the authors' rule on level 0 for every bag) or otsu")
     tr.add_argument("--max-bags-per-slide", type=int, default=None)
     tr.add_argument("--class-names", default=None, help="comma-separated, in label order")
     tr.add_argument("--device", default="auto")

@@ -126,6 +126,9 @@ def test_cli_two_repeats_write_the_summary_then_resume_skips_them(cohort, tmp_pa
         assert counts == {"train": 4, "val": 2, "test": 4}
         for part in ("train", "val", "test"):  # both classes in every part
             assert {truth[s] for s, p in sp.items() if p == part} == {0, 1}
+        test_labels = list(csv.DictReader(open(out / "splits" / f"repeat-{i}-test.csv")))
+        assert sorted(r["slide"] for r in test_labels) == sorted(s for s, p in sp.items()
+                                                                if p == "test")
         test_doc = json.loads((out / f"repeat-{i}" / "test_metrics.json").read_text())
         assert test_doc["metrics"]["n"] == 4 and test_doc["n_slides"] == 4
     for row in table[:5]:  # accuracy, AUC, F1, sensitivity, specificity: both repeats defined

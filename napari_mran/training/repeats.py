@@ -13,6 +13,7 @@ Layout of ``<out>``::
 
     repeats.json            what was asked (mode, ratio or split folder, seeds, options)
     splits/repeat-<i>.csv   the split of repeat i (slide,split,label,case)
+    splits/repeat-<i>-test.csv  its test slides as a labels.csv (for ``napari-mran evaluate``)
     bags/                   the tissue-bag cache, shared by the repeats (found once per slide)
     repeat-<i>/             the run of repeat i (model.safetensors, test_metrics.json, ...)
     repeats-summary.csv     per metric: mean, SD and every repeat's value
@@ -83,6 +84,17 @@ def _split_csv_text(split: dict[str, list[LabelledSlide]]) -> str:
     return buf.getvalue()
 
 
+def _labels_csv_text(members: list[LabelledSlide]) -> str:
+    """A labels.csv (slide,label,case) of some slides: e.g. a repeat's test part, for
+    ``napari-mran evaluate``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["slide", "label", "case"])
+    for m in sorted(members, key=lambda r: r.slide):
+        w.writerow([m.slide, m.label, m.case])
+    return buf.getvalue()
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write under a temporary sibling name, then rename into place (atomic)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -147,17 +159,17 @@ def _manifest(cfg: TrainConfig, *, mode: str, ratio, split_dir, repeats: int, se
 
 def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                   out_dir: str | os.PathLike, config: TrainConfig | None = None, *,
-                  repeats: int | None = 5, ratio=None, split_dir: str | os.PathLike | None = None,
+                  repeats: int | None = None, ratio=None,
+                  split_dir: str | os.PathLike | None = None,
                   allow_missing: bool = False, resume: bool = False, command: str | None = None,
                   ) -> Generator[RepeatEvent, None, RepeatsSummary]:
     """Train one run per repeat and summarise their test metrics; yields
     :class:`RepeatEvent`, returns a :class:`RepeatsSummary`.
 
-    ``ratio`` ("3:1:1", or three positive integers) draws ``repeats`` case-level,
-    label-stratified splits; repeat i is seeded with ``repeat_seed(config.seed, i)`` (its
-    split and its training);
-    ``split_dir`` imports the authors' split folders instead (``repeats`` None: all of
-    them). ``config.split_file`` must be None; ``config.n_folds``/``fold`` are not used.
+    ``ratio`` ("3:1:1", or three positive integers) draws ``repeats`` (None: 5, as the
+    paper) case-level, label-stratified splits; ``split_dir`` imports the authors' split
+    folders instead (``repeats`` None: all of them). Repeat i is seeded with
+    ``repeat_seed(config.seed, i)`` (its split and its training). ``config.split_file`` must be None; ``config.n_folds``/``fold`` are not used.
     ``out_dir`` must be new or empty unless ``resume``.
     """
     cfg = config or TrainConfig()
@@ -165,6 +177,8 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         raise LabelsError("a split file and repeated splits exclude each other")
     if ratio is not None:
         parse_ratio(ratio)  # the ratio first: its error needs no labels
+    if repeats is None and ratio is not None:
+        repeats = 5
     out = Path(out_dir)
     rows = read_labels(labels_csv, slides_dir)
     splits, imports = plan_repeats(rows, repeats=repeats, seed=cfg.seed, ratio=ratio,
@@ -206,6 +220,7 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     _write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     for i, text in enumerate(texts):
         _write_text(out / "splits" / f"repeat-{i}.csv", text)
+        _write_text(out / "splits" / f"repeat-{i}-test.csv", _labels_csv_text(splits[i]["test"]))
 
     runs, tests = [], []
     for i in range(n):
@@ -228,13 +243,16 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         busy = run.is_dir() and any(run.iterdir())
         gen = train(slides_dir, labels_csv, run, cfg_i, resume=busy, command=command,
                     bag_cache=out / "bags")  # tissue bags found once for all repeats
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                summary: TrainSummary = stop.value
-                break
-            yield RepeatEvent(i, n, "train", f"{tag}: {ev.message}", ev)
+        try:
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    summary: TrainSummary = stop.value
+                    break
+                yield RepeatEvent(i, n, "train", f"{tag}: {ev.message}", ev)
+        finally:
+            gen.close()  # closing this generator closes the repeat's run (its reader threads)
         tests.append(summary.test or {})
 
     metrics = summarise(tests)
