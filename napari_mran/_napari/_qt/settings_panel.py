@@ -61,7 +61,7 @@ class SettingsPanel(QWidget):
                                    "with white outside the slide; drop = left out, as the "
                                    "MRAN authors did (exact reproduction)")
         form.addRow("Edge bags", self.edge_combo)
-        self.allow_check = QCheckBox("analyse input that is not brightfield H&E")
+        self.allow_check = QCheckBox("analyse input that is not brightfield H&&E")  # (&& shows one &)
         self.allow_check.setToolTip("By default a slide that fails the brightfield H&E check "
                                     "(fluorescence, grey, other stains) is refused; the "
                                     "override is recorded in provenance")
