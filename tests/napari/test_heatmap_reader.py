@@ -4,61 +4,22 @@ slide layer, in a real viewer; other floating-point TIFFs are declined."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import tifffile
-from slide_writers import write_svs_pyramid
+from fake_results import BAG, assert_over_bags, make_result, write_slide
 
 from napari_mran._napari import layers as L
 from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.reader import get_heatmap_reader, get_reader
-from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.export import export_ome_tiff, export_ome_zarr
-from napari_mran.results import SlideResult
 
-BAG = 1024
-BAGS = [(0, 0), (0, 1), (1, 1), (1, 2), (0, 3)]  # (row, col) on a 2 x 4 grid
 CELL = BAG // 32
 
 
 @pytest.fixture(scope="module")
 def slide_path(tmp_path_factory):
-    """4096 x 2048 px, MPP 0.5 (real H&E tiles from the bundled sample)."""
-    crop = tifffile.imread(sample_slide_path())[:2048, :2048]
-    img = np.concatenate([crop, crop[:, ::-1]], axis=1)
-    p = tmp_path_factory.mktemp("heat") / "slide.svs"
-    return write_svs_pyramid(p, img, downsamples=(1, 4, 16), tile=256, mpp=0.5)
-
-
-def make_result(slide_path, mpp=0.5, seed=0) -> SlideResult:
-    rng = np.random.default_rng(seed)
-    n = len(BAGS)
-
-    def simplex(*shape):
-        x = rng.random(shape).astype(np.float32) + 0.05
-        return x / x.sum(-1, keepdims=True)
-
-    boxes = np.array([[c * BAG, r * BAG, (c + 1) * BAG, (r + 1) * BAG] for r, c in BAGS],
-                     np.int64)
-    return SlideResult(
-        boxes=boxes, bag_attention=simplex(n), bag_probs=simplex(n, 2),
-        patch_attention=simplex(n, 64), patch_probs=simplex(n, 64, 2),
-        cell_attention=simplex(n, 64, 16), cell_probs=simplex(n, 64, 16, 2),
-        slide_probs=np.array([0.3, 0.7], np.float32), class_names=["normal", "tumour"],
-        slide_size=(4096, 2048), bag_px=BAG, mpp=mpp,
-        provenance={"slide": {"path": os.path.abspath(slide_path)}})
-
-
-def assert_over_bags(layer, slide_layer, result, k):
-    """Heatmap pixel corners land on the slide layer's bag corners (k px per bag)."""
-    for (x0, y0, x1, y1) in result.boxes:
-        r, c = y0 // BAG * k, x0 // BAG * k
-        assert np.allclose(layer.data_to_world([r - 0.5, c - 0.5]),
-                           slide_layer.data_to_world([y0 - 0.5, x0 - 0.5]))
-        assert np.allclose(layer.data_to_world([r + k - 0.5, c + k - 0.5]),
-                           slide_layer.data_to_world([y1 - 0.5, x1 - 0.5]))
+    return write_slide(tmp_path_factory.mktemp("heat"))
 
 
 def test_ome_tiff_heatmap_opens_over_its_slide(make_napari_viewer, tmp_path, slide_path):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from slide_writers import write_svs_pyramid
+from fake_results import BAG, BAGS, assert_over_bags, make_result, write_slide
 from test_store_integrity import remove_completion_marker
 
 from napari_mran import vocab
@@ -19,40 +18,12 @@ from napari_mran._napari import layers as L
 from napari_mran._napari import writers
 from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.reader import get_reader, get_results_reader
-from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.errors import MRANError, OutputExistsError
-from napari_mran.results import SlideResult
-
-BAG = 1024
-BAGS = [(0, 0), (0, 1), (1, 1), (1, 2), (0, 3)]  # (row, col) on a 2 x 4 grid
 
 
 @pytest.fixture(scope="module")
 def slide_path(tmp_path_factory):
-    """4096 x 2048 px, MPP 0.5 (real H&E tiles from the bundled sample)."""
-    crop = tifffile.imread(sample_slide_path())[:2048, :2048]
-    img = np.concatenate([crop, crop[:, ::-1]], axis=1)
-    p = tmp_path_factory.mktemp("reader") / "slide.svs"
-    return write_svs_pyramid(p, img, downsamples=(1, 4, 16), tile=256, mpp=0.5)
-
-
-def make_result(slide_path, mpp=0.5, size=(4096, 2048), seed=0) -> SlideResult:
-    rng = np.random.default_rng(seed)
-    n, c = len(BAGS), 2
-
-    def simplex(*shape):
-        x = rng.random(shape).astype(np.float32) + 0.05
-        return x / x.sum(-1, keepdims=True)
-
-    boxes = np.array([[col * BAG, row * BAG, (col + 1) * BAG, (row + 1) * BAG]
-                      for row, col in BAGS], np.int64)
-    return SlideResult(
-        boxes=boxes, bag_attention=simplex(n), bag_probs=simplex(n, c),
-        patch_attention=simplex(n, 64), patch_probs=simplex(n, 64, c),
-        cell_attention=simplex(n, 64, 16), cell_probs=simplex(n, 64, 16, c),
-        slide_probs=np.array([0.3, 0.7], np.float32), class_names=["normal", "tumour"],
-        slide_size=size, bag_px=BAG, mpp=mpp,
-        provenance={"slide": {"path": os.path.abspath(slide_path)}})
+    return write_slide(tmp_path_factory.mktemp("reader"))
 
 
 def _roles(viewer):
@@ -99,12 +70,7 @@ def test_store_opens_over_its_slide(make_napari_viewer, qtbot, tmp_path, slide_p
     for level, k in vocab.PIXELS_PER_BAG.items():
         layer = roles[L.ROLES[level]]
         assert layer.metadata["mran_results_path"] == str(store)
-        for (x0, y0, x1, y1) in result.boxes:
-            r, c = y0 // BAG * k, x0 // BAG * k
-            assert np.allclose(layer.data_to_world([r - 0.5, c - 0.5]),
-                               slide_layer.data_to_world([y0 - 0.5, x0 - 0.5]))
-            assert np.allclose(layer.data_to_world([r + k - 0.5, c + k - 0.5]),
-                               slide_layer.data_to_world([y1 - 0.5, x1 - 0.5]))
+        assert_over_bags(layer, slide_layer, result, k)
         data = result.heatmap(level).data
         assert np.array_equal(np.isnan(layer.data), np.isnan(data))
     assert len(roles[L.TOP_ROLE].data) == len(BAGS)
