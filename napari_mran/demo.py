@@ -35,7 +35,7 @@ def demo_slides(work: Path) -> list[Path]:
 def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]:
     """Analyse the demo slides; return the results stores written."""
     from .analysis import predict_slide
-    from .cli import _write_exports, analysis_targets
+    from .cli.analyze import analysis_targets, target_paths, write_outputs
     from .export.plan import file_stem
     from .model import load_model
     from .slide import open_slide
@@ -50,13 +50,12 @@ def run(out: Path, *, overwrite: bool = True, quiet: bool = False) -> list[Path]
             stem = file_stem(path)
             targets = analysis_targets(out, stem, ("geojson", "csv", "ome-tiff", "provenance",
                                                    "overview"))
-            result.save(targets["store"], overwrite=overwrite)
-            _write_exports(result, slide, targets, overwrite)
+            write_outputs(result, slide, targets, overwrite)
         stores.append(targets["store"])
         if not quiet:
             probs = ", ".join(f"{c} {p:.3f}" for c, p in zip(result.class_names, result.slide_probs))
             print(f"{path.name}: {result.n_bags} bags, {probs} ({time.perf_counter() - t0:.1f} s)")
-            for kind, p in targets.items():
+            for kind, p in target_paths(targets).items():
                 print(f"    {kind:10s} {p}")
     return stores
 

@@ -46,9 +46,9 @@ def test_info_bad_file(capsys, tmp_path):
 def test_analyze_writes_store_and_exports(tmp_path, capsys, two_bag_slide, model_file):
     out = tmp_path / "out"
     rc = main(["analyze", str(two_bag_slide), "--model", str(model_file), "--out", str(out),
-               "--export", "geojson,csv,ome-tiff,provenance,overview", "--quiet"])
+               "--export", "geojson,csv,ome-tiff,provenance,overview", "--quiet", "--json"])
     assert rc == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)["slides"][0]
     stem = "two=bags"
     assert report["bags"] == 2
     result = SlideResult.load(out / f"{stem}.mran.zarr")
@@ -127,9 +127,10 @@ def test_cmu1_analyze_then_export_every_format(tmp_path, capsys, cmu_small, mode
     w, h = 2220, 2967
     out = tmp_path / "out"
     rc = main(["analyze", str(cmu_small), "--model", str(model_file), "--out", str(out),
-               "--export", "geojson,csv,ome-tiff,ome-zarr,provenance,overview", "--quiet"])
+               "--export", "geojson,csv,ome-tiff,ome-zarr,provenance,overview", "--quiet",
+               "--json"])
     assert rc == 0, capsys.readouterr().err
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)["slides"][0]
     store = out / "CMU-1-Small-Region.mran.zarr"
     assert report["outputs"]["store"] == str(store)
     for kind, path in report["outputs"].items():

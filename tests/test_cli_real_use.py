@@ -52,9 +52,10 @@ def test_model_is_required_everywhere(one_bag, tmp_path, capsys):
 def test_demo_model_says_so_in_every_cli_output(one_bag, tmp_path, capsys):
     a, _ = one_bag
     out = tmp_path / "an"
-    assert main(["analyze", str(a), "--model", "demo", "--out", str(out), "--quiet"]) == 0
+    assert main(["analyze", str(a), "--model", "demo", "--out", str(out), "--quiet",
+                 "--json"]) == 0
     cap = capsys.readouterr()
-    summary = json.loads(cap.out)
+    summary = json.loads(cap.out)["slides"][0]
     assert summary["model"]["demo"] is True and "not a diagnosis" in summary["model"]["note"]
     assert "--model demo" in cap.err and "synthetic" in cap.err
     assert SlideResult.load(out / "X.mran.zarr").provenance["model"]["demo"] is True
@@ -85,7 +86,10 @@ def test_a_checkpoint_is_not_called_demo(one_bag, model_file, tmp_path, capsys):
     assert main(["analyze", str(a), "--model", str(model_file), "--out", str(tmp_path),
                  "--export", "", "--quiet"]) == 0
     cap = capsys.readouterr()
-    assert json.loads(cap.out)["model"]["demo"] is False and "demo" not in cap.err
+    assert "DEMO" not in cap.out and "demo" not in cap.err
+    assert main(["analyze", str(a), "--model", str(model_file), "--out", str(tmp_path),
+                 "--export", "", "--quiet", "--json", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["slides"][0]["model"]["demo"] is False
 
 
 # ------------------------------------------------------------------ point 5: nothing lost

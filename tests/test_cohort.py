@@ -3,7 +3,6 @@ CLI."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -227,12 +226,9 @@ def test_lock_refuses_a_second_run(data, tmp_path):
     OutputLock(out).acquire().release()
 
 
-CLI_MAIN = ("import argparse, sys\n"
-            "from napari_mran._cli_cohort import register\n"
-            "p = argparse.ArgumentParser(prog='napari-mran')\n"
-            "register(p.add_subparsers(dest='command', required=True))\n"
-            "a = p.parse_args(sys.argv[1:])\n"
-            "sys.exit(a.func(a))\n")
+CLI_MAIN = ("import sys\n"
+            "from napari_mran.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -248,6 +244,16 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    """Poll *condition* until it holds; fail naming *what* if *proc* exits first or
+    after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_ctrl_c_on_a_cluster_run_then_resume(data, cluster_run, tmp_path):
     """SIGINT to the CLI's process group (what a terminal does) mid-run: exit 130 without
     tracebacks, the cluster is gone, finished stores are complete; the resumed run gives
@@ -257,27 +263,32 @@ def test_ctrl_c_on_a_cluster_run_then_resume(data, cluster_run, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", CLI_MAIN, "predict", *data["slides"], "--model", data["model"],
            "--out", str(out), "--workers", "2", "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        for line in proc.stderr:
-            if line.startswith("[1/3]"):
-                break
-        os.killpg(proc.pid, signal.SIGINT)
-        t0 = time.perf_counter()
-        _, err = proc.communicate(timeout=60)
-        stop_s = time.perf_counter() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    names = [f"{n}.mran.zarr" for n in ("a", "b", FORMULA)]
+    # stdout/stderr go to files: nothing blocks on a full pipe while we watch the folder
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w+") as se:
+        proc = subprocess.Popen(cmd, stderr=se, stdout=so, text=True, start_new_session=True)
+        try:
+            # interrupt once a store is verified on disk (the run is mid-way: two workers,
+            # three slides, so at least one slide is still being analysed)
+            wait_until(lambda: any(verify_store(out / n) is None for n in names
+                                   if (out / n).is_dir()),
+                       proc, "the first verified store")
+            os.killpg(proc.pid, signal.SIGINT)
+            t0 = time.perf_counter()
+            proc.wait(timeout=60)
+            stop_s = time.perf_counter() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        se.seek(0)
+        err = se.read()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     assert stop_s < 30
     time.sleep(0.5)
     assert group_alive(proc.pid) == [], "worker processes survived the interrupt"
     assert not (out / LOCK_NAME).exists()
-    names = [f"{n}.mran.zarr" for n in ("a", "b", FORMULA)]
     finished = [n for n in names if (out / n).exists()]
     assert finished and all(verify_store(out / n) is None for n in finished)
     events, summary = drain(predict_cohort(data["slides"], data["model"], out, workers=1))
@@ -326,12 +337,9 @@ def test_store_names_disambiguate_equal_stems():
 
 
 def cli(argv: list[str]) -> int:
-    from napari_mran._cli_cohort import register
+    from napari_mran.cli import main
 
-    parser = argparse.ArgumentParser(prog="napari-mran")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_exit_codes(data, cluster_run, tmp_path, capsys):
@@ -357,15 +365,14 @@ def test_cli_exit_codes(data, cluster_run, tmp_path, capsys):
         assert cli(["predict", data["slides"][0], "--model", data["model"],
                     "--out", str(out)]) == 2
     assert "in use" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        cli(["predict", data["slides"][0], "--model", data["model"], "--out", str(out),
-             "--workers", "-1"])
-    assert exc.value.code == 2
+    assert cli(["predict", data["slides"][0], "--model", data["model"], "--out", str(out),
+                "--workers", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: argument --workers")
 
 
 def test_core_import_stays_headless():
     code = ("import sys, napari_mran.cohort, napari_mran.evaluation, napari_mran.faithfulness, "
-            "napari_mran.metrics, napari_mran._cli_cohort\n"
+            "napari_mran.metrics, napari_mran.cli\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'vispy', 'magicgui', 'matplotlib', "
             "'distributed', 'torch')]\n"

@@ -71,10 +71,12 @@ def test_cli_summary_states_the_analysed_fraction(cmu_small, tmp_path, capsys):
     rc = main(["analyze", str(cmu_small), "--model", "demo", "--out", str(tmp_path / "a"),
                "--export", "", "--edge", "drop"])
     assert rc == 0
-    cap = capsys.readouterr()
-    summary = json.loads(cap.out)
+    out = capsys.readouterr().out  # the human summary line
+    assert "56% of the tissue" in out and "edge policy drop" in out and "[DEMO MODEL]" in out
+    rc = main(["analyze", str(cmu_small), "--model", "demo", "--out", str(tmp_path / "b"),
+               "--export", "", "--edge", "drop", "--json", "-q"])
+    summary = json.loads(capsys.readouterr().out)["slides"][0]
     assert summary["edge"] == "drop" and 0.5 < summary["tissue_coverage"] < 0.75
-    assert "of the tissue" in cap.err and "edge policy drop" in cap.err
 
 
 def test_slide_smaller_than_one_bag(tmp_path, cmu_pixels, demo):

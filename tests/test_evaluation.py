@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -142,12 +141,9 @@ def test_labels_with_bom_semicolons_and_no_case(data, tmp_path):
 
 
 def cli(argv):
-    from napari_mran._cli_cohort import register
+    from napari_mran.cli import main
 
-    parser = argparse.ArgumentParser(prog="napari-mran")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_evaluate(data, evaluated, tmp_path, capsys):

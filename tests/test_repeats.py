@@ -94,7 +94,7 @@ def test_cli_checks_the_ratio_before_creating_anything(cohort, tmp_path, capsys)
             (["--split-ratio", "2:1"], "three positive integers"),
             (["--split-ratio", "2:0:2"], "'0' is not a positive integer"),
             (["--split-ratio", "x:1:1"], "three positive integers"),
-            (["--split-ratio", "2:1:2", "--repeats", "0"], "--repeats must be a positive"),
+            (["--split-ratio", "2:1:2", "--repeats", "0"], "--repeats: must be >= 1"),
             (["--split-ratio", "2:1:2", "--split-dir", str(tmp_path)], "exclude each other"),
             (["--split-ratio", "2:1:2", "--split-file", str(labels)], "--split-file excludes"),
             (["--repeats", "3"], "need --split-ratio or --split-dir")):

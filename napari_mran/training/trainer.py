@@ -160,8 +160,14 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         raise LabelsError(f"{labels_csv}: needs at least two classes (labels 0 and 1)")
     class_names = cfg.class_names or (["normal", "tumour"] if n_classes == 2
                                       else [f"class_{i}" for i in range(n_classes)])
+    if cfg.class_names and n_classes > len(cfg.class_names):
+        bad = next(r for r in rows if r.label >= len(cfg.class_names))
+        raise LabelsError(f"{labels_csv}: label {bad.label} of {bad.slide} is outside the "
+                          f"{len(cfg.class_names)} classes ({', '.join(cfg.class_names)}: "
+                          f"labels 0-{len(cfg.class_names) - 1})")
     if len(class_names) != n_classes:
-        raise LabelsError(f"{len(class_names)} class names for {n_classes} classes")
+        raise LabelsError(f"{labels_csv}: {len(class_names)} class names for {n_classes} "
+                          "classes")
     splits = (read_split_file(cfg.split_file, rows) if cfg.split_file
               else make_splits(rows, n_folds=cfg.n_folds, fold=cfg.fold, seed=cfg.seed))
     if not splits["train"]:

@@ -1,0 +1,234 @@
+"""What every ``napari-mran`` command shares: one-line errors, argument types that
+validate, the analysis options (defined once, spelled the same on every command that
+analyses), the progress renderer, the model argument and the output folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..errors import MRANError
+from ..vocab import AMP_MODES, EDGE_POLICIES, TISSUE_METHODS, parse_device
+
+#: exit status: ok, some slides failed (the rest was written), bad input, interrupted
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DEMO_NOTE = ("the bundled demo model was trained on synthetic slides: its output is a "
+             "demonstration, not a diagnosis")
+
+
+class UsageError(MRANError):
+    """A bad command line: exit 2 with one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: <what>``) instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# --------------------------------------------------------------------------- types
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def batch_size(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else int_at_least(1)(text)
+
+
+def device(text: str) -> str:
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- options
+def add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="M",
+                   help="required: a checkpoint (.safetensors or a reference .pth), or 'demo' "
+                        "(the bundled demo model, trained on synthetic slides: not for "
+                        "diagnosis)")
+
+
+def add_analysis_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that analyses slides (analyze, predict, evaluate)."""
+    g = p.add_argument_group("analysis options")
+    g.add_argument("--device", type=device, default="auto",
+                   help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps (default: auto)")
+    g.add_argument("--batch-size", type=batch_size, default="auto", metavar="N|auto",
+                   help="bags per forward pass (default: auto; halved on CUDA out-of-memory)")
+    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="reduced precision: auto = bf16/fp16 autocast on CUDA only")
+    g.add_argument("--bag-um", type=positive_float, default=None, metavar="UM",
+                   help="bag side in µm (needs the slides' MPP); default: the model's bag in px")
+    g.add_argument("--tissue", "--tissue-method", dest="tissue", choices=TISSUE_METHODS,
+                   default="reference",
+                   help="tissue rule: reference (default; the authors' white rule at <= 4x on "
+                        "candidate bags), exact (the same rule on level 0 for every bag) or "
+                        "otsu")
+    g.add_argument("--edge", choices=EDGE_POLICIES, default="pad",
+                   help="partial bags at the right/bottom edges: pad (default: analysed, white "
+                        "outside the slide) or drop (the authors' rule)")
+    g.add_argument("--mpp", type=positive_float, default=None,
+                   help="override the µm/px of level 0 of every slide")
+    g.add_argument("--max-failed-fraction", type=fraction, default=None, metavar="F",
+                   help="fail a slide when more than this fraction of its bags cannot be "
+                        "decoded (default 0.1)")
+    g.add_argument("--allow-non-brightfield", action="store_true",
+                   help="analyse slides that fail the brightfield H&E check (recorded in "
+                        "provenance)")
+
+
+def add_output_options(p: argparse.ArgumentParser, *, overwrite_help: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (failures are still reported)")
+
+
+def analysis_options(args: argparse.Namespace) -> Any:
+    """The :class:`~napari_mran.inference.AnalysisOptions` of the parsed options."""
+    from ..inference import AnalysisOptions
+
+    try:
+        return AnalysisOptions.from_mapping({
+            "device": args.device, "batch_size": args.batch_size, "amp": args.amp,
+            "bag_um": args.bag_um, "tissue_method": args.tissue, "edge": args.edge,
+            "mpp": args.mpp, "max_failed_fraction": args.max_failed_fraction,
+            "allow_non_brightfield": args.allow_non_brightfield})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def model_spec(args: argparse.Namespace) -> str:
+    """``--model``; a clear error when it is missing (never a silent demo); warns for the
+    demo model."""
+    spec = getattr(args, "model", None)
+    if not spec:
+        raise UsageError("--model is required: a checkpoint file (.safetensors or a "
+                         "reference .pth), or '--model demo' for the bundled synthetic demo "
+                         "model (not for diagnosis)")
+    if spec == "demo":
+        print(f"warning: --model demo: {DEMO_NOTE}", file=sys.stderr)
+    return spec
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the output folder (and parents); a clear error when it cannot be made or
+    written."""
+    import os
+
+    from ..errors import ResultsError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"{out}: cannot create the output folder "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    if not os.access(out, os.W_OK):
+        raise ResultsError(f"{out}: the output folder is not writable")
+
+
+def print_json(obj: Any) -> None:
+    from ..results import strict_json
+
+    clean, _ = strict_json(obj)
+    print(json.dumps(clean, indent=2, allow_nan=False))
+
+
+# --------------------------------------------------------------------------- progress
+class Progress:
+    """Progress on stderr: a tqdm bar (counted work on a terminal), a rewritten line
+    (other work on a terminal) or plain lines (not a terminal).  Quiet: nothing but
+    ``important`` lines."""
+
+    def __init__(self, quiet: bool = False, *, total: int | None = None, desc: str = "",
+                 unit: str = "slide") -> None:
+        self.quiet, self.tty, self.bar = quiet, sys.stderr.isatty(), None
+        if not quiet and self.tty and total is not None:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                                dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def line(self, text: str, final: bool = False, important: bool = False) -> None:
+        if self.quiet and not important:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        elif self.tty and not final:
+            sys.stderr.write("\r\033[K" + text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def count(self, done: int, total: int, message: str, important: bool = False) -> None:
+        if self.bar is None:
+            self.line(f"[{done}/{total}] {message}", final=True, important=important)
+            return
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(message[-60:], refresh=False)
+        self.bar.refresh()
+        if important:
+            self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def drain(gen: Iterator[Any], show: Callable[[Any], None]) -> Any:
+    """Run a progress generator to its return value, showing each event; closes it on
+    any exception (Ctrl-C included) so that it cleans up."""
+    from .._events import drain as _drain
+
+    try:
+        return _drain(gen, show)
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
