@@ -24,7 +24,7 @@ from typing import Any, Generator
 
 import numpy as np
 
-from ..errors import MRANError, OutputExistsError
+from ..errors import CheckpointError, MRANError, OutputExistsError
 from .data import BagReader, SlideBags, slide_bags
 from .splits import (LabelsError, make_splits, read_labels, read_split_file,
                      write_splits)
@@ -106,11 +106,39 @@ def downstream_scheduler(optimizer, milestone: int = 5, *, saved_state: dict | N
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.5)
 
 
+#: what a run's checkpoint.pt holds (checked before resuming)
+_CHECKPOINT_KEYS = ("model", "opt_up", "opt_down", "sched_up", "sched_down", "bag_weights",
+                    "history", "best", "epoch", "torch_rng")
+
+
 def _same_options(saved: dict[str, Any], cfg: TrainConfig) -> bool:
     """Whether a run's saved ``train_config.json`` has the options ``cfg`` has; options added
-    to TrainConfig after the run was started count as their defaults."""
+    to TrainConfig after the run was started count as their defaults.  ``epochs`` may
+    differ: a resumed run may be extended."""
     defaults = asdict(TrainConfig())
-    return {**defaults, **saved} == asdict(cfg)
+    return {**defaults, **saved, "epochs": cfg.epochs} == asdict(cfg)
+
+
+def _load_checkpoint(path: Path, dev: Any) -> dict[str, Any]:
+    """The run's checkpoint (torch.load with weights_only=True), or a clear error naming
+    the file when it is damaged, hostile or not ours -- never a traceback."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            AttributeError, TypeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint "
+                              f"({type(exc).__name__}{': ' + detail if detail else ''}); "
+                              "it is damaged or was not written by napari-mran train") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume: the checkpoint lacks "
+                              f"{', '.join(missing)}")
+    return state
 
 
 def _rng(seed: int, epoch: int, purpose: int) -> np.random.Generator:
@@ -176,16 +204,24 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     ckpt_path = run / CHECKPOINT
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
     if run.exists() and any(run.iterdir()):
-        if not resume:
+        # a run that failed before its first checkpoint never blocks the next one: it
+        # starts over in the same folder (its tissue-bag cache is kept)
+        fresh = _killed_before_first_checkpoint(run)
+        if not resume and not fresh:
             raise OutputExistsError(f"{run}: the run folder is not empty; use --resume to continue "
                                     "it, or choose a new folder")
-        if not ckpt_path.is_file() and not _killed_before_first_checkpoint(run):
+        if resume and not ckpt_path.is_file() and not fresh:
             raise MRANError(f"{run}: nothing to resume (no {CHECKPOINT})")
-        saved = json.loads((run / "train_config.json").read_text())
-        if not _same_options(saved, cfg):
-            raise MRANError(f"{run}: the options differ from the run being resumed "
-                            f"(saved: {saved})")
+        if resume and ckpt_path.is_file():
+            saved = json.loads((run / "train_config.json").read_text())
+            if not _same_options(saved, cfg):
+                raise MRANError(f"{run}: the options differ from the run being resumed "
+                                f"(saved: {saved})")
     resuming = resume and ckpt_path.is_file()
+    state = _load_checkpoint(ckpt_path, "cpu") if resuming else None
+    if state is not None and int(state["epoch"]) + 1 > cfg.epochs:
+        raise MRANError(f"{run}: {int(state['epoch']) + 1} epochs are already trained; "
+                        f"--epochs {cfg.epochs} cannot shorten the run")
 
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -232,7 +268,6 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     reader = BagReader(bag_px=cfg.bag_px,
                        input_px=model_cfg.input_px, workers=cfg.workers)
 
-    state = torch.load(ckpt_path, map_location=dev, weights_only=True) if resuming else None
     opt_up = torch.optim.Adam(model.upstream.parameters(), lr=cfg.lr)
     opt_down = torch.optim.Adam(model.downstream.parameters(), lr=cfg.lr)
     n_train_bags = sum(_n_used(s, cfg) for s in train_slides)
