@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import signal
+import threading
 import uuid
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -77,37 +80,86 @@ def _client(workers: int, scheduler: Any, info: dict[str, Any]) -> tuple[Any, An
     return scheduler, None, False  # an existing distributed.Client
 
 
+class _DeferredInterrupt:
+    """While a dask run lasts: Ctrl-C (SIGINT) only sets a flag, which :meth:`check`
+    turns into KeyboardInterrupt between two calls into distributed -- never inside one
+    (distributed's ``sync`` cannot take it there: its cancel callback fails with a
+    NameError and a traceback).  A second Ctrl-C interrupts at once.  Only in the main
+    thread (elsewhere signals are not ours to handle)."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+
+    def check(self) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run_distributed(specs: Sequence[TaskSpec], *, workers: int, scheduler: Any,
                     resources: dict[str, float] | None, info: dict[str, Any]
                     ) -> Generator[SlideRecord, None, None]:
     """Submit every slide, yield the records as they finish (a lost task, a killed
-    worker: a failed record)."""
-    from distributed import as_completed
+    worker: a failed record).  Ctrl-C meanwhile: KeyboardInterrupt at the next check
+    (at most 0.1 s later), after which what is pending is cancelled and what was
+    started is closed."""
+    with _DeferredInterrupt() as interrupt:
+        client, cluster, own_client = _client(workers, scheduler, info)
+        finished: queue.Queue[Any] = queue.Queue()
+        futures: dict[Any, TaskSpec] = {}
+        try:
+            token = uuid.uuid4().hex[:8]
+            for spec in specs:
+                fut = client.submit(predict_task, spec, key=f"napari-mran-{token}-{spec.index}",
+                                    pure=False, resources=resources, retries=0)
+                futures[fut] = spec
+                fut.add_done_callback(finished.put)
+            while futures:
+                interrupt.check()
+                try:
+                    fut = finished.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                yield _record(fut, futures.pop(fut))
+        finally:
+            _close(client, cluster, own_client, list(futures))
 
-    client, cluster, own_client = _client(workers, scheduler, info)
-    futures: dict[Any, TaskSpec] = {}
+
+def _record(fut: Any, spec: TaskSpec) -> SlideRecord:
+    """The record a finished future holds; a failed one when the task was lost."""
     try:
-        token = uuid.uuid4().hex[:8]
-        for spec in specs:
-            fut = client.submit(predict_task, spec, key=f"napari-mran-{token}-{spec.index}",
-                                pure=False, resources=resources, retries=0)
-            futures[fut] = spec
-        for fut in as_completed(list(futures)):
-            spec = futures.pop(fut)
-            try:
-                rec = fut.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, comm errors
-                rec = SlideRecord(spec.index, spec.slide, spec.store)
-                rec.fail(type(exc).__name__, (str(exc) or repr(exc))
-                         + " (the worker died or the task was lost: memory limit, crash?)")
-            yield rec
-    finally:
-        if futures:
-            with contextlib.suppress(Exception):
-                client.cancel(list(futures), force=True)
-        if own_client:
-            with contextlib.suppress(Exception):
-                client.close(timeout=10)
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close(timeout=10)
+        return fut.result()
+    except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, comm errors
+        rec = SlideRecord(spec.index, spec.slide, spec.store)
+        rec.fail(type(exc).__name__, (str(exc) or repr(exc))
+                 + " (the worker died or the task was lost: memory limit, crash?)")
+        return rec
+
+
+def _close(client: Any, cluster: Any, own_client: bool, pending: list[Any]) -> None:
+    """Cancel what is pending, close the client (if ours) and the local cluster."""
+    if pending:
+        with contextlib.suppress(Exception):
+            client.cancel(pending, force=True)
+    if own_client:
+        with contextlib.suppress(Exception):
+            client.close(timeout=10)
+    if cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=10)

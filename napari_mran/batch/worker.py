@@ -3,6 +3,7 @@ in this process (:func:`predict_task`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -40,7 +41,7 @@ class TaskSpec:
 
 def dask_setup(worker: Any = None) -> None:
     """Worker preload hook (``LocalCluster(preload=["napari_mran.batch.worker"])``):
-    ignore SIGINT.
+    ignore SIGINT, and no traceback when the cluster is closed under a busy worker.
 
     A Ctrl-C in a terminal reaches every process of the foreground group, local dask
     workers included; they would die with tracebacks in the middle of a write.  The
@@ -49,6 +50,21 @@ def dask_setup(worker: Any = None) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker").addFilter(_closed_scheduler_heartbeat)
+
+
+def _closed_scheduler_heartbeat(record: logging.LogRecord) -> bool:
+    """False for the error a local worker logs (with a traceback) when its heartbeat
+    finds the connection closed because the cluster is being closed -- the scheduler
+    removed the worker while a slide still ran in it (distributed's own code calls this
+    a common race of ``remove_worker``).  The client has stopped the run; nothing is
+    lost.  Everything else passes."""
+    from distributed.comm.core import CommClosedError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith("Failed to communicate with scheduler "
+                                                "during heartbeat")
+                and isinstance(exc, CommClosedError))
 
 
 def worker_device(device: str) -> str:
