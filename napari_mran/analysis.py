@@ -131,8 +131,9 @@ def _run_bags(slide: Slide, boxes: np.ndarray, plan: ReadPlan, runner: UpstreamR
     seconds of the bag loop, seconds in the model)."""
     n = len(boxes)
     bs = auto_batch(runner.dev) if opts.batch_size == "auto" else int(opts.batch_size)
-    stream = BagStream(slide, boxes, plan, bs, workers=workers,
-                       prefetch=opts.prefetch or max(2 * bs, workers), read=read_bag)
+    # read_bag looked up here at call time: tests slow it down through this module
+    stream = BagStream(boxes, lambda box: read_bag(slide, box, plan), bs, workers=workers,
+                       prefetch=opts.prefetch or max(2 * bs, workers))
     t_bags = time.perf_counter()
     with contextlib.closing(iter(stream)) as batches:  # closed at once on cancel
         yield from _bag_events(slide, batches, stream, runner, outs, opts, n, t_bags,

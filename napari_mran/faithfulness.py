@@ -147,9 +147,9 @@ def _upstream(
                             "bag embeddings) need the slide to re-read the bags")
     boxes = result.boxes[bag_indices]
     threads = opts["num_workers"] or min(4, os.cpu_count() or 2)
-    stream = BagStream(slide, boxes, plan_reads(slide, result.bag_px, cfg.input_px),
-                       opts["batch_size"], workers=threads,
-                       prefetch=max(2 * opts["batch_size"], threads))
+    stream = BagStream.of_boxes(slide, boxes, plan_reads(slide, result.bag_px, cfg.input_px),
+                                opts["batch_size"], workers=threads,
+                                prefetch=max(2 * opts["batch_size"], threads))
     runners = {m: UpstreamRunner(model, device, amp=opts["amp"], top_k_patches=m)
                for m in patch_limits}
     with closing(iter(stream)) as batches:

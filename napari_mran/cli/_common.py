@@ -8,7 +8,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -221,7 +221,7 @@ class Progress:
             self.bar = None
 
 
-def drain(gen: Iterator[Any], show: Callable[[Any], None]) -> Any:
+def drain(gen: Generator[Any, None, Any], show: Callable[[Any], None]) -> Any:
     """Run a progress generator to its return value, showing each event; closes it on
     any exception (Ctrl-C included) so that it cleans up."""
     from .._events import drain as _drain

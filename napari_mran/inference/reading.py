@@ -3,8 +3,9 @@ low resolution for the tissue and input checks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,31 +95,42 @@ class BagBatch:
 
 class BagStream:
     """Decode bags ahead of the model in a thread pool (bounded prefetch) and hand them
-    out in batches of ``batch_size`` readable bags, in order.
+    out in batches of ``batch_size`` readable bags, in order -- the one bag-batch iterator
+    of analysis, faithfulness re-reads and training.
 
-    ``batch_size`` may be changed between batches (the engine halves it on CUDA
-    out-of-memory).  ``read`` defaults to :func:`read_bag`.  Closing the iteration (or
-    :meth:`close`) cancels what is still queued.
+    ``read(item)`` returns ``(image, failures or None, valid fraction)`` for each of
+    ``items`` (:func:`read_bag` of a box, for analysis).  ``batch_size`` may be changed
+    between batches (the engine halves it on CUDA out-of-memory).  Closing the
+    iteration cancels what is still queued.
     """
 
-    def __init__(self, slide: Slide, boxes: np.ndarray, plan: ReadPlan, batch_size: int, *,
-                 workers: int, prefetch: int, read=None) -> None:
-        self.slide, self.boxes, self.plan = slide, boxes, plan
+    def __init__(self, items: Sequence[Any] | np.ndarray, read: Callable[[Any], tuple],
+                 batch_size: int, *,
+                 workers: int, prefetch: int) -> None:
+        self.items, self.read = items, read
         self.batch_size, self.workers, self.prefetch = batch_size, workers, prefetch
-        self.read = read or read_bag
 
-    def __iter__(self):
+    @classmethod
+    def of_boxes(cls, slide: Slide, boxes: np.ndarray, plan: ReadPlan, batch_size: int, *,
+                 workers: int, prefetch: int, read: Callable[..., tuple] | None = None
+                 ) -> BagStream:
+        """The bags at ``boxes`` of one slide (``read`` defaults to :func:`read_bag`)."""
+        reader = read or read_bag
+        return cls(boxes, lambda box: reader(slide, box, plan), batch_size, workers=workers,
+                   prefetch=prefetch)
+
+    def __iter__(self) -> Generator[BagBatch, None, None]:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        n = len(self.boxes)
+        n = len(self.items)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mran-bag")
         pending: deque = deque()
         nxt = 0
 
         def submit() -> None:
             nonlocal nxt
-            pending.append((nxt, pool.submit(self.read, self.slide, self.boxes[nxt], self.plan)))
+            pending.append((nxt, pool.submit(self.read, self.items[nxt])))
             nxt += 1
 
         try:

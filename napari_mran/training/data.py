@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
-from ..analysis import find_tissue_bags, plan_reads, read_bag
 from ..errors import AnalysisError
-from ..slide import file_fingerprint, open_slide
+from ..inference.reading import BagStream, ReadPlan, plan_reads, read_bag
+from ..inference.tissue_bags import find_tissue_bags
+from ..slide import Slide, file_fingerprint, open_slide
 from .splits import LabelledSlide
 
 
@@ -62,13 +62,12 @@ class BagReader:
     each slide is opened on first use and kept open until :meth:`close`."""
 
     def __init__(self, *, bag_px: int, input_px: int, workers: int = 4):
-        self._open: dict[str, object] = {}
+        self._open: dict[str, Slide] = {}
         self.bag_px, self.input_px = bag_px, input_px
         self.workers = workers
-        self._plans: dict[str, object] = {}
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mran-train")
+        self._plans: dict[str, ReadPlan] = {}
 
-    def _slide(self, path: str):
+    def _slide(self, path: str) -> tuple[Slide, ReadPlan]:
         if path not in self._open:
             self._open[path] = open_slide(path)
             self._plans[path] = plan_reads(self._open[path], self.bag_px, self.input_px)
@@ -81,38 +80,25 @@ class BagReader:
             raise AnalysisError(f"{path}: bag {box.tolist()} failed to decode: {failures[0]}")
         return np.ascontiguousarray(img[:, ::-1]) if flip else img
 
-    def batches(self, jobs: list[tuple[str, np.ndarray, bool, object]], batch_size: int,
+    def batches(self, jobs: Sequence[tuple[str, np.ndarray, bool, Any]], batch_size: int,
                 ahead: int | None = None) -> Iterator[tuple[np.ndarray, list]]:
-        """Yield (images (n, H, W, 3) uint8, tags) for jobs (path, box, flip, tag), in order."""
+        """Yield (images (n, H, W, 3) uint8, tags) for jobs (path, box, flip, tag), in order,
+        through the engine's bag iterator (:class:`~napari_mran.inference.reading.BagStream`)."""
+        from contextlib import closing
+
         for path, *_ in jobs:  # open slides up front on this thread (their metadata)
             self._slide(path)
-        ahead = ahead or max(2 * batch_size, self.workers)
-        pending: deque = deque()
-        it = iter(jobs)
 
-        def fill():
-            while len(pending) < ahead:
-                job = next(it, None)
-                if job is None:
-                    return
-                pending.append((job[3], self.pool.submit(self._read, job[0], job[1], job[2])))
+        def read(job: tuple[str, np.ndarray, bool, Any]) -> tuple[np.ndarray, None, float]:
+            return self._read(job[0], job[1], job[2]), None, 1.0
 
-        fill()
-        try:
-            while pending:
-                imgs, tags = [], []
-                while pending and len(imgs) < batch_size:
-                    tag, fut = pending.popleft()
-                    imgs.append(fut.result())
-                    tags.append(tag)
-                    fill()
-                yield np.stack(imgs), tags
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+        stream = BagStream(jobs, read, batch_size, workers=self.workers,
+                           prefetch=ahead or max(2 * batch_size, self.workers))
+        with closing(iter(stream)) as batches:
+            for batch in batches:
+                yield np.stack(batch.images), [jobs[i][3] for i in batch.indices]
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
         for s in self._open.values():
             s.close()
         self._open.clear()

@@ -126,6 +126,8 @@ def plan_repeats(rows: list[LabelledSlide], *, repeats: int | None, seed: int = 
             splits.append(ratio_split(rows, r, seed=repeat_seed(seed, i)))
         what = f"ratio {':'.join(map(str, r))}"
     else:
+        if split_dir is None:
+            raise LabelsError("repeated splits need a ratio or a split folder")
         folders = authors_split_folders(split_dir)
         if repeats is not None and repeats > len(folders):
             raise LabelsError(f"{split_dir}: {repeats} repeats asked, but it holds "

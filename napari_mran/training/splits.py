@@ -207,7 +207,7 @@ class SplitImport:
         n_un = sum(len(v) for v in self.unmatched.values())
         lines = [f"{self.folder}: " + ", ".join(
             f"{p} {len(self.parts[p])} slides" for p in PARTS)
-            + f"; ids matched by " + ", ".join(f"{k} {v}" for k, v in self.matched_by.items() if v)]
+            + "; ids matched by " + ", ".join(f"{k} {v}" for k, v in self.matched_by.items() if v)]
         if n_un:
             names = [f"{p}: {i}" for p in PARTS for i in self.unmatched[p]]
             more = f" (and {len(names) - max_listed} more)" if len(names) > max_listed else ""

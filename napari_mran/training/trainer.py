@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any, Generator, Literal
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class TrainConfig:
     max_bags_per_slide: int | None = None  # a seeded subset per epoch (None: all bags)
     device: str = "auto"
     workers: int = 4
-    detach_attention: str = "reference"
+    detach_attention: Literal["reference", "none", "all"] = "reference"
     init_backbone: str | None = None  # torchvision-layout ResNet-18 state dict for the trunk
 
 
@@ -225,7 +225,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model_cfg = MRANConfig(n_classes=n_classes, class_names=list(class_names), width=cfg.width,
+    model_cfg = MRANConfig(n_classes=n_classes, class_names=tuple(class_names), width=cfg.width,
                            threshold=cfg.threshold, bag_px=cfg.bag_px,
                            tiling={"bag_px": cfg.bag_px, "tissue_method": cfg.tissue_method,
                                    "input_px": 1024, "read": "downsample-2 level or level 0 reduced 2x"})
@@ -242,7 +242,8 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     if not resuming:  # a run killed before its first checkpoint starts over: no stale lines
         (run / "metrics.jsonl").unlink(missing_ok=True)
     if dev.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stub of Module.to lacks memory_format
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     # ---- bags per slide (cached in the run folder)
     yield EpochEvent(0, cfg.epochs, "prepare", message="finding tissue bags")
