@@ -374,10 +374,16 @@ def heatmap_geometry(meta: dict[str, Any]) -> Heatmap:
     """An empty :class:`Heatmap` with the level-0 geometry recorded in *meta* (for
     placing the export over its slide)."""
     mpp = meta.get("mpp")
+    try:
+        sy, sx = (float(v) for v in meta["scale_level0_px"])
+        ty, tx = (float(v) for v in meta["translate_level0_px"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(f"heatmap metadata: no (y, x) scale and translate "
+                           f"({type(exc).__name__}: {exc})") from None
     return Heatmap(
         data=np.zeros((0, 0), np.float32),
-        scale=tuple(float(v) for v in meta["scale_level0_px"]),  # type: ignore[arg-type]
-        translate=tuple(float(v) for v in meta["translate_level0_px"]),  # type: ignore[arg-type]
+        scale=(sy, sx),
+        translate=(ty, tx),
         level=str(meta.get("level", "bag")),
         weighting=str(meta.get("weighting", "local")),
         value=str(meta.get("value", "attention")),
