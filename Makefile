@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test install sysdeps bench screenshots clean
+.PHONY: demo test lint install sysdeps bench screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml ci/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml ci/constraints.txt
 	$(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import torch" 
 	$(PIP) install -c ci/constraints.txt -e ".[testing]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import napari_mran, napari, tifffile, zarr, openslide, pytestqt"
+	$(BIN)/python -c "import napari_mran, napari, tifffile, zarr, openslide, pytestqt, importlinter, mypy"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,8 +31,13 @@ sysdeps:
 		echo "WARNING: Xvfb/libxcb missing and not root: GUI tests will be skipped"; \
 	fi
 
-test: install sysdeps
+test: install sysdeps lint
 	QT_QPA_PLATFORM=xcb $(BIN)/python -m pytest -q
+
+# import contracts (pyproject.toml [tool.importlinter]) and types of the core ([tool.mypy])
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 demo: install
 	$(BIN)/python -m napari_mran.demo

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._atomic import atomic_file
-from .cohort import SLIDE_EXTENSIONS
+from .vocab import SLIDE_EXTENSIONS
 from .errors import LabelsError
 
 __all__ = [

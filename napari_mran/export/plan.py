@@ -65,14 +65,16 @@ class ExportJob:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def export_plan(result: SlideResult, folder: str | os.PathLike, kinds: Iterable[str], *,
+def export_plan(result: SlideResult | None, folder: str | os.PathLike, kinds: Iterable[str], *,
                 weighting: str = "local", levels: Iterable[str] | None = None,
                 stem: str | None = None, gzip_geojson: bool = False) -> list[ExportJob]:
     """The files that exporting *kinds* of *result* into *folder* writes.
 
     ``levels`` restricts the levels of every kind that has levels (default: the
     table above); ``stem`` defaults to the slide's file name without its extension;
-    ``gzip_geojson`` writes ``.geojson.gz`` files.
+    ``gzip_geojson`` writes ``.geojson.gz`` files.  ``result`` may be None when ``stem``
+    is given and no cell-level GeoJSON is planned (``analyze`` names its outputs so,
+    before the result exists).
     """
     from .geojson import MAX_CELL_BAGS
 
@@ -84,7 +86,10 @@ def export_plan(result: SlideResult, folder: str | os.PathLike, kinds: Iterable[
         bad = [v for v in wanted if v not in LEVELS]
         if bad:
             raise ResultsError(f"unknown level(s) {bad}; choose from {', '.join(LEVELS)}")
-    stem = stem or file_stem(result.slide_name or "slide") or "slide"
+    if not stem:
+        if result is None:
+            raise ValueError("export_plan needs the result or the file stem")
+        stem = file_stem(result.slide_name or "slide") or "slide"
     folder = Path(folder)
     plan: list[ExportJob] = []
     for kind in dict.fromkeys(normalise_kind(k) for k in kinds):
@@ -96,6 +101,8 @@ def export_plan(result: SlideResult, folder: str | os.PathLike, kinds: Iterable[
             if kind == "geojson":
                 opts: dict[str, Any] = {"level": level, "weighting": weighting}
                 if level == "cell":  # 1024 polygons per bag: the top bags only
+                    if result is None:
+                        raise ValueError("cell-level GeoJSON is planned from a result")
                     opts["bags"] = [int(i) for i in result.top_bags(MAX_CELL_BAGS)]
                 ext = ".geojson.gz" if gzip_geojson else ".geojson"
                 plan.append(ExportJob(kind, folder / f"{stem}.{_PLURAL[level]}{ext}", opts))

@@ -588,7 +588,7 @@ def _with_provenance(model, model_cfg, cfg: TrainConfig, record, rows, splits, l
 
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     prov = {
         "trained_by": f"napari-mran {__version__} train",
