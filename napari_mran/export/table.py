@@ -159,8 +159,8 @@ def export_csv(
     Columns (see docs/formats.md): slide, ids and grid positions, level-0 box
     ``x0, y0, x1, y1`` (clipped to the slide; patches and cells wholly past its edge,
     the padding of partial edge bags, have no row), ``attention`` (local:
-    gamma/alpha/beta), ``attention_global`` (gamma, gamma*alpha, gamma*alpha*beta), ``rank`` (1 = highest global attention
-    at that level), ``prob_<class>``, and ``model_is_demo`` (``true``) only when the
+    gamma/alpha/beta), ``attention_global`` (gamma, gamma*alpha, gamma*alpha*beta),
+    ``rank`` (1 = highest global attention at that level), ``prob_<class>``, and ``model_is_demo`` (``true``) only when the
     result comes from the demo model.  The cell level is large (1024 rows per bag);
     it is written in chunks.
     """
