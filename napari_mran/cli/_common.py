@@ -88,33 +88,52 @@ def add_model(p: argparse.ArgumentParser) -> None:
                         "diagnosis)")
 
 
+#: the options of every command that analyses slides (analyze, predict, evaluate):
+#: (flags, argparse keywords), added in this order
+ANALYSIS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--device",), dict(type=device, default="auto",
+                         help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps (default: auto)")),
+    (("--batch-size",), dict(type=batch_size, default="auto", metavar="N|auto",
+                             help="bags per forward pass (default: auto; halved on CUDA "
+                                  "out-of-memory)")),
+    (("--amp",), dict(choices=AMP_MODES, default="auto",
+                      help="reduced precision: auto = bf16/fp16 autocast on CUDA only")),
+    (("--bag-um",), dict(type=positive_float, default=None, metavar="UM",
+                         help="bag side in µm (needs the slides' MPP); default: the model's "
+                              "bag in px")),
+    (("--tissue", "--tissue-method"), dict(
+        dest="tissue", choices=TISSUE_METHODS, default="reference",
+        help="tissue rule: reference (default; the authors' white rule at <= 4x on candidate "
+             "bags), exact (the same rule on level 0 for every bag) or otsu")),
+    (("--edge",), dict(choices=EDGE_POLICIES, default="pad",
+                       help="partial bags at the right/bottom edges: pad (default: analysed, "
+                            "white outside the slide) or drop (the authors' rule)")),
+    (("--mpp",), dict(type=positive_float, default=None,
+                      help="override the µm/px of level 0 of every slide")),
+    (("--max-failed-fraction",), dict(type=fraction, default=None, metavar="F",
+                                      help="fail a slide when more than this fraction of its "
+                                           "bags cannot be decoded (default 0.1)")),
+    (("--allow-non-brightfield",), dict(action="store_true",
+                                        help="analyse slides that fail the brightfield H&E "
+                                             "check (recorded in provenance)")),
+]
+
+
+def add_options(p: Any, options: list[tuple[tuple[str, ...], dict[str, Any]]]) -> None:
+    """Add (flags, keywords) option definitions to a parser or argument group."""
+    for flags, kwargs in options:
+        p.add_argument(*flags, **kwargs)
+
+
 def add_analysis_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that analyses slides (analyze, predict, evaluate)."""
-    g = p.add_argument_group("analysis options")
-    g.add_argument("--device", type=device, default="auto",
-                   help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps (default: auto)")
-    g.add_argument("--batch-size", type=batch_size, default="auto", metavar="N|auto",
-                   help="bags per forward pass (default: auto; halved on CUDA out-of-memory)")
-    g.add_argument("--amp", choices=AMP_MODES, default="auto",
-                   help="reduced precision: auto = bf16/fp16 autocast on CUDA only")
-    g.add_argument("--bag-um", type=positive_float, default=None, metavar="UM",
-                   help="bag side in µm (needs the slides' MPP); default: the model's bag in px")
-    g.add_argument("--tissue", "--tissue-method", dest="tissue", choices=TISSUE_METHODS,
-                   default="reference",
-                   help="tissue rule: reference (default; the authors' white rule at <= 4x on "
-                        "candidate bags), exact (the same rule on level 0 for every bag) or "
-                        "otsu")
-    g.add_argument("--edge", choices=EDGE_POLICIES, default="pad",
-                   help="partial bags at the right/bottom edges: pad (default: analysed, white "
-                        "outside the slide) or drop (the authors' rule)")
-    g.add_argument("--mpp", type=positive_float, default=None,
-                   help="override the µm/px of level 0 of every slide")
-    g.add_argument("--max-failed-fraction", type=fraction, default=None, metavar="F",
-                   help="fail a slide when more than this fraction of its bags cannot be "
-                        "decoded (default 0.1)")
-    g.add_argument("--allow-non-brightfield", action="store_true",
-                   help="analyse slides that fail the brightfield H&E check (recorded in "
-                        "provenance)")
+    add_options(p.add_argument_group("analysis options"), ANALYSIS_OPTIONS)
+
+
+def add_command(sub: Any, name: str, summary: str, description: str | None = None
+                ) -> argparse.ArgumentParser:
+    """A subcommand parser (one-line errors like the main parser)."""
+    return sub.add_parser(name, help=summary, description=description or summary)
 
 
 def add_output_options(p: argparse.ArgumentParser, *, overwrite_help: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (EXIT_INTERRUPTED, Progress, add_analysis_options, add_model,
+from ._common import (EXIT_INTERRUPTED, Progress, add_analysis_options, add_command, add_model,
                       add_output_options, analysis_options, model_spec, print_json)
 from .predict import DEMO_LINE, report_failures, run_cohort_generator
 
@@ -17,9 +17,9 @@ def _limit(text: str) -> int | str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "evaluate", help="metrics, ROC and the top-k/top-m faithfulness table on labelled slides",
-        description="Predict the slides listed in a labels CSV (slide,label,case), compute "
+    p = add_command(
+        sub, "evaluate", "metrics, ROC and the top-k/top-m faithfulness table on labelled slides",
+        "Predict the slides listed in a labels CSV (slide,label,case), compute "
                     "accuracy/AUC/F1/precision/sensitivity/specificity, draw the ROC curve and "
                     "re-predict every slide from its top-k bags and top-m patches only. "
                     "Exit status: 0 ok, 1 some slides failed, 2 bad input, 130 interrupted.")

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Progress, UsageError,
-                      add_analysis_options, add_model, add_output_options, analysis_options,
-                      drain, int_at_least, model_spec, print_json)
+                      add_analysis_options, add_command, add_model, add_output_options,
+                      analysis_options, drain, int_at_least, model_spec, print_json)
 
 DEMO_LINE = "model: DEMO (trained on synthetic slides; not for diagnosis)"
 
@@ -22,9 +22,9 @@ def _scheduler(text: str) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "predict", help="predict many slides (one results store each + predictions.csv)",
-        description="Analyse every slide into OUT/<slide stem>.mran.zarr and write "
+    p = add_command(
+        sub, "predict", "predict many slides (one results store each + predictions.csv)",
+        "Analyse every slide into OUT/<slide stem>.mran.zarr and write "
                     "OUT/predictions.csv. Slides whose store in OUT is verified complete and "
                     "was made by the same model and options are skipped, so an interrupted "
                     "run resumes where it stopped. Exit status: 0 ok, 1 some slides failed, "

@@ -10,57 +10,133 @@ import sys
 from typing import Any
 
 from ..vocab import TISSUE_METHODS
-from ._common import (Progress, UsageError, device, drain, int_at_least, positive_float,
-                      print_json)
+from ._common import (
+    Progress,
+    UsageError,
+    add_command,
+    add_options,
+    device,
+    drain,
+    int_at_least,
+    positive_float,
+    print_json,
+)
+
+
+TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--slides",), dict(required=True, help="folder holding the slides")),
+    (("--labels",), dict(required=True, help="labels.csv with columns slide,label,case")),
+    (("--out",), dict(required=True, help="run folder (new, or existing with --resume)")),
+    (
+        ("--resume",),
+        dict(
+            action="store_true",
+            help="continue an interrupted run (--epochs may be raised); with repeats: "
+            "finished repeats are verified and skipped",
+        ),
+    ),
+    (("--epochs",), dict(type=int_at_least(1), default=10)),
+    (
+        ("--width",),
+        dict(type=positive_float, default=1.0, help="ResNet width multiplier (1 = ResNet-18)"),
+    ),
+    (("--lr",), dict(type=positive_float, default=1e-4)),
+    (("--batch-size",), dict(type=int_at_least(1), default=4, help="bags per upstream step")),
+    (("--seed",), dict(type=int_at_least(0), default=0)),
+    (
+        ("--folds",),
+        dict(
+            type=int_at_least(3),
+            default=5,
+            help="case-level folds (one tests, the next validates; >= 3)",
+        ),
+    ),
+    (("--fold",), dict(type=int_at_least(0), default=0, help="test fold (the next one validates)")),
+    (
+        ("--split-file",),
+        dict(default=None, help="CSV slide,split (train/val/test) instead of folds"),
+    ),
+    (
+        ("--split-ratio",),
+        dict(
+            default=None,
+            metavar="A:B:C",
+            help="repeated Monte-Carlo splits by case, stratified by label, in the ratio "
+            "train:val:test (the authors: 3:1:1 BRCA/STAD, 2:1:2 LUSC); each repeat "
+            "is a run in OUT/repeat-<i>/, then OUT/repeats-summary.{csv,md}",
+        ),
+    ),
+    (
+        ("--split-dir",),
+        dict(
+            default=None,
+            metavar="DIR",
+            help="the authors' split CSVs: DIR/<i>/case_{train,val,test}.csv (their "
+            "csv/<cohort>/split/<ratio>/), one repeat per numbered folder",
+        ),
+    ),
+    (
+        ("--repeats",),
+        dict(
+            type=int_at_least(1),
+            default=None,
+            metavar="N",
+            help="number of repeats (default 5 with --split-ratio, every folder with "
+            "--split-dir); repeat i's split seed derives from --seed and i",
+        ),
+    ),
+    (
+        ("--allow-missing-slides",),
+        dict(
+            action="store_true",
+            help="with --split-dir: train without the split files' slides that match "
+            "no slide of --labels (they are reported); default: an error",
+        ),
+    ),
+    (("--bag-px",), dict(type=int_at_least(32), default=2048)),
+    (
+        (
+            "--tissue",
+            "--tissue-method",
+        ),
+        dict(
+            dest="tissue",
+            choices=TISSUE_METHODS,
+            default="reference",
+            help="tissue rule (see analyze)",
+        ),
+    ),
+    (("--max-bags-per-slide",), dict(type=int_at_least(1), default=None)),
+    (("--class-names",), dict(default=None, help="comma-separated, in label order")),
+    (
+        ("--device",),
+        dict(type=device, default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps"),
+    ),
+    (("--workers",), dict(type=int_at_least(1), default=4, help="bag decoding threads")),
+    (
+        ("--init-backbone",),
+        dict(
+            default=None,
+            metavar="PATH",
+            help="initialise the CNN from a torchvision-layout ResNet-18 state dict "
+            "(safetensors or .pth, loaded safely; width 1 only); its sha256 is "
+            "recorded. MRAN feeds RGB/255 without mean/std normalisation",
+        ),
+    ),
+    (("--json",), dict(action="store_true", help="(the summary is always JSON)")),
+    (
+        (
+            "-q",
+            "--quiet",
+        ),
+        dict(action="store_true", help="no progress lines"),
+    ),
+]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train MRAN on labelled slides (two-branch scheme)")
-    p.add_argument("--slides", required=True, help="folder holding the slides")
-    p.add_argument("--labels", required=True, help="labels.csv with columns slide,label,case")
-    p.add_argument("--out", required=True, help="run folder (new, or existing with --resume)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (--epochs may be raised); with repeats: "
-                        "finished repeats are verified and skipped")
-    p.add_argument("--epochs", type=int_at_least(1), default=10)
-    p.add_argument("--width", type=positive_float, default=1.0,
-                   help="ResNet width multiplier (1 = ResNet-18)")
-    p.add_argument("--lr", type=positive_float, default=1e-4)
-    p.add_argument("--batch-size", type=int_at_least(1), default=4, help="bags per upstream step")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--folds", type=int_at_least(3), default=5,
-                   help="case-level folds (one tests, the next validates; >= 3)")
-    p.add_argument("--fold", type=int_at_least(0), default=0,
-                   help="test fold (the next one validates)")
-    p.add_argument("--split-file", default=None,
-                   help="CSV slide,split (train/val/test) instead of folds")
-    p.add_argument("--split-ratio", default=None, metavar="A:B:C",
-                   help="repeated Monte-Carlo splits by case, stratified by label, in the ratio "
-                        "train:val:test (the authors: 3:1:1 BRCA/STAD, 2:1:2 LUSC); each repeat "
-                        "is a run in OUT/repeat-<i>/, then OUT/repeats-summary.{csv,md}")
-    p.add_argument("--split-dir", default=None, metavar="DIR",
-                   help="the authors' split CSVs: DIR/<i>/case_{train,val,test}.csv (their "
-                        "csv/<cohort>/split/<ratio>/), one repeat per numbered folder")
-    p.add_argument("--repeats", type=int_at_least(1), default=None, metavar="N",
-                   help="number of repeats (default 5 with --split-ratio, every folder with "
-                        "--split-dir); repeat i's split seed derives from --seed and i")
-    p.add_argument("--allow-missing-slides", action="store_true",
-                   help="with --split-dir: train without the split files' slides that match "
-                        "no slide of --labels (they are reported); default: an error")
-    p.add_argument("--bag-px", type=int_at_least(32), default=2048)
-    p.add_argument("--tissue", "--tissue-method", dest="tissue", choices=TISSUE_METHODS,
-                   default="reference", help="tissue rule (see analyze)")
-    p.add_argument("--max-bags-per-slide", type=int_at_least(1), default=None)
-    p.add_argument("--class-names", default=None, help="comma-separated, in label order")
-    p.add_argument("--device", type=device, default="auto",
-                   help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--workers", type=int_at_least(1), default=4, help="bag decoding threads")
-    p.add_argument("--init-backbone", default=None, metavar="PATH",
-                   help="initialise the CNN from a torchvision-layout ResNet-18 state dict "
-                        "(safetensors or .pth, loaded safely; width 1 only); its sha256 is "
-                        "recorded. MRAN feeds RGB/255 without mean/std normalisation")
-    p.add_argument("--json", action="store_true", help="(the summary is always JSON)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p = add_command(sub, "train", "train MRAN on labelled slides (two-branch scheme)")
+    add_options(p, TRAIN_OPTIONS)
     p.set_defaults(run=run)
 
 
@@ -74,8 +150,7 @@ def _check(args: argparse.Namespace) -> bool:
     if repeated and args.split_file:
         raise UsageError("--split-file excludes --split-ratio and --split-dir")
     if not repeated and (args.repeats is not None or args.allow_missing_slides):
-        raise UsageError("--repeats and --allow-missing-slides need --split-ratio or "
-                         "--split-dir")
+        raise UsageError("--repeats and --allow-missing-slides need --split-ratio or --split-dir")
     if args.split_ratio is not None:
         parse_ratio(args.split_ratio)
     if not repeated and not args.split_file and args.fold >= args.folds:
@@ -88,12 +163,23 @@ def _config(args: argparse.Namespace) -> Any:
 
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     try:
-        return TrainConfig(epochs=args.epochs, width=args.width, lr=args.lr,
-                           batch_size=args.batch_size, seed=args.seed, n_folds=args.folds,
-                           fold=args.fold, split_file=args.split_file, bag_px=args.bag_px,
-                           tissue_method=args.tissue, max_bags_per_slide=args.max_bags_per_slide,
-                           device=args.device, workers=args.workers,
-                           init_backbone=args.init_backbone, class_names=names)
+        return TrainConfig(
+            epochs=args.epochs,
+            width=args.width,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            n_folds=args.folds,
+            fold=args.fold,
+            split_file=args.split_file,
+            bag_px=args.bag_px,
+            tissue_method=args.tissue,
+            max_bags_per_slide=args.max_bags_per_slide,
+            device=args.device,
+            workers=args.workers,
+            init_backbone=args.init_backbone,
+            class_names=names,
+        )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -122,22 +208,49 @@ def run(args: argparse.Namespace) -> int:
             elif rev.stage != "summary":
                 progress.line(rev.message, final=True)
 
-        res = drain(train_repeats(args.slides, args.labels, args.out, cfg, repeats=args.repeats,
-                                  ratio=args.split_ratio, split_dir=args.split_dir,
-                                  allow_missing=args.allow_missing_slides, resume=args.resume,
-                                  command=command), show_repeat)
+        res = drain(
+            train_repeats(
+                args.slides,
+                args.labels,
+                args.out,
+                cfg,
+                repeats=args.repeats,
+                ratio=args.split_ratio,
+                split_dir=args.split_dir,
+                allow_missing=args.allow_missing_slides,
+                resume=args.resume,
+                command=command,
+            ),
+            show_repeat,
+        )
         print(res.summary_md.read_text(), file=sys.stderr)
-        print_json({"summary_csv": str(res.summary_csv), "summary_md": str(res.summary_md),
-                    "repeats": len(res.runs), "runs": [str(r) for r in res.runs],
-                    "test": {k: {"mean": v["mean"], "sd": v["sd"], "n": v["n"]}
-                             for k, v in res.metrics.items()}})
+        print_json(
+            {
+                "summary_csv": str(res.summary_csv),
+                "summary_md": str(res.summary_md),
+                "repeats": len(res.runs),
+                "runs": [str(r) for r in res.runs],
+                "test": {
+                    k: {"mean": v["mean"], "sd": v["sd"], "n": v["n"]}
+                    for k, v in res.metrics.items()
+                },
+            }
+        )
         return 0
-    summary = drain(train(args.slides, args.labels, args.out, cfg, resume=args.resume,
-                          command=command), show)
+    summary = drain(
+        train(args.slides, args.labels, args.out, cfg, resume=args.resume, command=command), show
+    )
     test = (summary.test or {}).get("metrics")
-    print_json({"model": str(summary.model_path), "best_epoch": summary.best_epoch,
-                "best": summary.best_metrics.get("val", summary.best_metrics.get("train")),
-                "test": None if test is None else
-                {k: test.get(k) for k in ("n", "accuracy", "auc", "f1", "sensitivity",
-                                          "specificity")}})
+    print_json(
+        {
+            "model": str(summary.model_path),
+            "best_epoch": summary.best_epoch,
+            "best": summary.best_metrics.get("val", summary.best_metrics.get("train")),
+            "test": None
+            if test is None
+            else {
+                k: test.get(k) for k in ("n", "accuracy", "auc", "f1", "sensitivity", "specificity")
+            },
+        }
+    )
     return 0

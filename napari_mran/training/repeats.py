@@ -40,7 +40,7 @@ from typing import Any, Generator
 from ..errors import LabelsError, MRANError, OutputExistsError
 from .splits import (PARTS, LabelledSlide, SplitImport, authors_split_folders, parse_ratio,
                      ratio_split, read_authors_split, read_labels, repeat_seed)
-from .trainer import EpochEvent, TrainConfig, TrainSummary, finished_run, train
+from .trainer import EpochEvent, TrainConfig, TrainSummary, finished_run, train, write_text_atomic
 
 MANIFEST = "repeats.json"
 SUMMARY_CSV = "repeats-summary.csv"
@@ -93,16 +93,6 @@ def _labels_csv_text(members: list[LabelledSlide]) -> str:
     for m in sorted(members, key=lambda r: r.slide):
         w.writerow([m.slide, m.label, m.case])
     return buf.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write under a temporary sibling name, then rename into place (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def plan_repeats(rows: list[LabelledSlide], *, repeats: int | None, seed: int = 0,
@@ -219,10 +209,10 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                                 "now (labels.csv or the split files changed); use a new folder")
 
     (out / "splits").mkdir(parents=True, exist_ok=True)
-    _write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     for i, text in enumerate(texts):
-        _write_text(out / "splits" / f"repeat-{i}.csv", text)
-        _write_text(out / "splits" / f"repeat-{i}-test.csv", _labels_csv_text(splits[i]["test"]))
+        write_text_atomic(out / "splits" / f"repeat-{i}.csv", text)
+        write_text_atomic(out / "splits" / f"repeat-{i}-test.csv", _labels_csv_text(splits[i]["test"]))
 
     runs, tests = [], []
     for i in range(n):
@@ -259,8 +249,8 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
     metrics = summarise(tests)
     csv_text, md_text = summary_tables(metrics, n, manifest)
-    _write_text(out / SUMMARY_CSV, csv_text)
-    _write_text(out / SUMMARY_MD, md_text)
+    write_text_atomic(out / SUMMARY_CSV, csv_text)
+    write_text_atomic(out / SUMMARY_MD, md_text)
     yield RepeatEvent(n - 1, n, "summary", md_text)
     return RepeatsSummary(out, out / SUMMARY_CSV, out / SUMMARY_MD, runs, metrics, tests,
                           [imp.as_dict() for imp in imports] if imports else [])

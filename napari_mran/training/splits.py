@@ -28,6 +28,21 @@ def read_labels(labels_csv: str | os.PathLike, slides_dir: str | os.PathLike,
             for r in read_labels_table(labels_csv, slides_dir)]
 
 
+
+def _cases_by_label(rows: list[LabelledSlide]
+                    ) -> tuple[dict[str, list[LabelledSlide]], dict[int, list[str]]]:
+    """The slides of each case, and the cases (sorted) of each label; a case with slides
+    of several labels counts under its majority label (ties: the lower label)."""
+    cases: dict[str, list[LabelledSlide]] = {}
+    for r in rows:
+        cases.setdefault(r.case, []).append(r)
+    by_label: dict[int, list[str]] = {}
+    for case, members in sorted(cases.items()):
+        labels = [m.label for m in members]
+        majority = max(set(labels), key=lambda v: (labels.count(v), -v))
+        by_label.setdefault(majority, []).append(case)
+    return cases, by_label
+
 def make_splits(rows: list[LabelledSlide], *, n_folds: int = 5, fold: int = 0, seed: int = 0,
                 ) -> dict[str, list[LabelledSlide]]:
     """Split by case, stratified by label: fold ``fold`` is the test set, the next fold
@@ -40,14 +55,7 @@ def make_splits(rows: list[LabelledSlide], *, n_folds: int = 5, fold: int = 0, s
         raise LabelsError(f"n_folds must be >= 3 (train/val/test), got {n_folds}")
     if not 0 <= fold < n_folds:
         raise LabelsError(f"fold must be in 0..{n_folds - 1}, got {fold}")
-    cases: dict[str, list[LabelledSlide]] = {}
-    for r in rows:
-        cases.setdefault(r.case, []).append(r)
-    by_label: dict[int, list[str]] = {}
-    for case, members in sorted(cases.items()):
-        labels = [m.label for m in members]
-        majority = max(set(labels), key=lambda v: (labels.count(v), -v))
-        by_label.setdefault(majority, []).append(case)
+    cases, by_label = _cases_by_label(rows)
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     offset = 0
@@ -158,14 +166,7 @@ def ratio_split(rows: list[LabelledSlide], ratio, *, seed: int,
     gets at least one of them. ``repeat_seed(seed, i)`` gives repeat i its own split.
     """
     ratio = parse_ratio(ratio)
-    cases: dict[str, list[LabelledSlide]] = {}
-    for r in rows:
-        cases.setdefault(r.case, []).append(r)
-    by_label: dict[int, list[str]] = {}
-    for case, members in sorted(cases.items()):
-        labels = [m.label for m in members]
-        majority = max(set(labels), key=lambda v: (labels.count(v), -v))
-        by_label.setdefault(majority, []).append(case)
+    cases, by_label = _cases_by_label(rows)
     rng = np.random.default_rng(seed)
     part_of: dict[str, str] = {}
     for i, label in enumerate(sorted(by_label)):

@@ -487,15 +487,19 @@ def _killed_before_first_checkpoint(run: Path) -> bool:
                     or (n.startswith(f".{MODEL}.") and n.endswith(".partial")) for n in names))
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    """Strict JSON (no NaN), written under a temporary name and renamed into place."""
-    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary sibling name, then rename into place (atomic)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    """Strict JSON (no NaN), written atomically."""
+    write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def _test_document(slides: list[SlideBags], items, labels: np.ndarray, probs: np.ndarray,
