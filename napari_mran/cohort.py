@@ -12,7 +12,7 @@ Output folder (docs/cli.md)::
     <out>/mran-cohort.json         what made the stores (model sha256, options, slides)
     <out>/.napari-mran.lock        held while a run uses the folder
 
-Rules (docs/reliability.md rows 11, 15, 16, 17, 20, 22, 24):
+Rules (docs/reliability.md fact 11, rows 15, 16, 17, 20, 22, 24):
 
 - a slide is skipped only when its store is verified complete (:func:`verify_store`:
   completion marker and the checksum of every array) *and* was made by the same

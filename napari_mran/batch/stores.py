@@ -1,5 +1,5 @@
 """Whether the store at an output name may be skipped, must be replaced or set aside
-(docs/reliability.md rows 11, 15, 17): never decided on mere existence."""
+(docs/reliability.md fact 11, rows 15, 17): never decided on mere existence."""
 
 from __future__ import annotations
 
