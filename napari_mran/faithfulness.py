@@ -168,6 +168,25 @@ def _upstream(
     return emb, alpha, ok, failures
 
 
+def _limits(k_list: Iterable[Any], m_list: Iterable[Any], n_patches: int
+            ) -> tuple[list[int | None], list[int | None]]:
+    ks = list(dict.fromkeys(parse_k(k) for k in k_list))
+    ms = list(dict.fromkeys(parse_m(m, n_patches) for m in m_list))
+    if not ks or not ms:
+        raise ValueError("k_list and m_list must not be empty")
+    return ks, ms
+
+
+def _on_device(model: Any, device: Any) -> Any:
+    """The model in eval mode on *device*, channels last as the analysis runs it."""
+    import torch
+
+    model = model.to(device).eval()
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def restriction_sweep(
     slide,
     model,
@@ -202,11 +221,7 @@ def restriction_sweep(
 
     opts = _read_options(read_opts)
     _check_model(model, result)
-    cfg = model.config
-    ks = list(dict.fromkeys(parse_k(k) for k in k_list))
-    ms = list(dict.fromkeys(parse_m(m, cfg.n_patches) for m in m_list))
-    if not ks or not ms:
-        raise ValueError("k_list and m_list must not be empty")
+    ks, ms = _limits(k_list, m_list, model.config.n_patches)
     n = result.n_bags
     if n == 0:
         raise AnalysisError("the result has no bags to restrict")
@@ -214,12 +229,7 @@ def restriction_sweep(
     sizes = {k: n if k is None else min(k, n) for k in ks}
     k_max = max(sizes.values())
     device = pick_device(opts["device"])
-    model = model.to(device).eval()
-    if device.type != "mps":
-        import torch
-
-        model = model.to(memory_format=torch.channels_last)
-
+    model = _on_device(model, device)
     stored = result.embeddings
     if stored is not None and stored.shape[1] != model.embedding_dim:
         raise AnalysisError(f"the result's bag embeddings have {stored.shape[1]} features, "
