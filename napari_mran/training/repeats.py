@@ -40,7 +40,9 @@ from typing import Any, Generator
 from ..errors import LabelsError, MRANError, OutputExistsError
 from .splits import (PARTS, LabelledSlide, SplitImport, authors_split_folders, parse_ratio,
                      ratio_split, read_authors_split, read_labels, repeat_seed)
-from .trainer import EpochEvent, TrainConfig, TrainSummary, finished_run, train, write_text_atomic
+from .config import EpochEvent, TrainConfig, TrainSummary
+from .run_folder import finished_run, write_text_atomic
+from .trainer import train
 
 MANIFEST = "repeats.json"
 SUMMARY_CSV = "repeats-summary.csv"
@@ -149,6 +151,120 @@ def _manifest(cfg: TrainConfig, *, mode: str, ratio, split_dir, repeats: int, se
     }
 
 
+@dataclass
+class _Experiment:
+    """The checked plan of a multi-repeat run: nothing is written before it is made."""
+
+    splits: list[dict[str, list[LabelledSlide]]]
+    imports: list[SplitImport] | None
+    seeds: list[int]                 # repeat i: its split (ratio mode) and its training
+    manifest: dict[str, Any]         # repeats.json
+    texts: list[str]                 # splits/repeat-<i>.csv
+
+    @property
+    def n(self) -> int:
+        return len(self.splits)
+
+
+def _plan_experiment(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
+                     cfg: TrainConfig, *, repeats: int | None, ratio,
+                     split_dir: str | os.PathLike | None, allow_missing: bool) -> _Experiment:
+    """The splits, seeds and manifest of the repeats (options and labels checked)."""
+    if cfg.split_file:
+        raise LabelsError("a split file and repeated splits exclude each other")
+    if ratio is not None:
+        parse_ratio(ratio)  # the ratio first: its error needs no labels
+    if repeats is None and ratio is not None:
+        repeats = 5
+    rows = read_labels(labels_csv, slides_dir)
+    splits, imports = plan_repeats(rows, repeats=repeats, seed=cfg.seed, ratio=ratio,
+                                   split_dir=split_dir, allow_missing=allow_missing)
+    n = len(splits)
+    # repeat i: its own seed, for its split (ratio mode) and its training (init, order, flips)
+    seeds = [repeat_seed(cfg.seed, i) for i in range(n)]
+    manifest = _manifest(cfg, mode="ratio" if ratio is not None else "split-dir", ratio=ratio,
+                         split_dir=split_dir, repeats=n, seeds=seeds, labels_csv=labels_csv,
+                         allow_missing=allow_missing)
+    return _Experiment(splits, imports, seeds, manifest, [_split_csv_text(sp) for sp in splits])
+
+
+def _check_out_folder(out: Path, exp: _Experiment, resume: bool) -> None:
+    """``out`` must be new or empty, or (``resume``) hold repeats of the same options whose
+    split files are the ones computed now; the number of repeats may differ."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not resume:
+        raise OutputExistsError(f"{out}: the folder is not empty; use --resume to continue "
+                                "the repeats, or choose a new folder")
+    try:
+        saved = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise MRANError(f"{out}: nothing to resume (no readable {MANIFEST})") from None
+    if isinstance(saved, dict) and isinstance(saved.get("train_config"), dict):
+        # options added to TrainConfig after the repeats were started count as defaults
+        saved["train_config"] = {**asdict(TrainConfig()), **saved["train_config"]}
+    # the number of repeats may change: repeat i's split does not depend on it
+    manifest = exp.manifest
+    diff = sorted(k for k in set(saved) | set(manifest)
+                  if k not in ("repeats", "repeat_seeds") and saved.get(k) != manifest.get(k))
+    if diff:
+        raise MRANError(f"{out}: the options differ from the repeats being resumed "
+                        f"({', '.join(diff)})")
+    for i, text in enumerate(exp.texts):
+        old = out / "splits" / f"repeat-{i}.csv"
+        if old.is_file() and old.read_text() != text:
+            raise MRANError(f"{old}: the split of repeat {i} differs from the one computed "
+                            "now (labels.csv or the split files changed); use a new folder")
+
+
+def _write_experiment(out: Path, exp: _Experiment) -> None:
+    """repeats.json and every repeat's split files (splits/repeat-<i>.csv, -test.csv)."""
+    (out / "splits").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / MANIFEST, json.dumps(exp.manifest, indent=2) + "\n")
+    for i, text in enumerate(exp.texts):
+        write_text_atomic(out / "splits" / f"repeat-{i}.csv", text)
+        write_text_atomic(out / "splits" / f"repeat-{i}-test.csv",
+                          _labels_csv_text(exp.splits[i]["test"]))
+
+
+def _run_repeat(i: int, out: Path, exp: _Experiment, cfg: TrainConfig,
+                slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
+                command: str | None) -> Generator[RepeatEvent, None, dict[str, Any]]:
+    """Repeat ``i``: skipped when finished and verified, else trained (or resumed) in
+    ``<out>/repeat-<i>``; returns its test document ({} when it has none)."""
+    n, imports = exp.n, exp.imports
+    run = out / f"repeat-{i}"
+    split_file = (out / "splits" / f"repeat-{i}.csv").resolve()
+    cfg_i = replace(cfg, split_file=str(split_file), seed=exp.seeds[i])
+    counts = ", ".join(f"{p} {len(exp.splits[i][p])}" for p in PARTS)
+    src = f"seed {exp.seeds[i]}" + (f", split from {imports[i].folder}" if imports else "")
+    tag = f"repeat-{i} ({i + 1}/{n})"
+    yield RepeatEvent(i, n, "split", f"{tag}: {counts} slides ({src})")
+    if imports is not None and (any(imports[i].unmatched.values()) or imports[i].unused):
+        yield RepeatEvent(i, n, "split", imports[i].report())
+    done = finished_run(run, cfg_i, strict=True) if run.is_dir() else None
+    if done is not None:
+        yield RepeatEvent(i, n, "skip", f"{tag}: finished and verified, skipped "
+                                        f"({_test_summary_line(done)})")
+        return done
+    busy = run.is_dir() and any(run.iterdir())
+    gen = train(slides_dir, labels_csv, run, cfg_i, resume=busy, command=command,
+                bag_cache=out / "bags")  # tissue bags found once for all repeats
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                summary: TrainSummary = stop.value
+                break
+            yield RepeatEvent(i, n, "train", f"{tag}: {ev.message}", ev)
+    finally:
+        gen.close()  # closing this generator closes the repeat's run (its reader threads)
+    return summary.test or {}
+
+
 def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                   out_dir: str | os.PathLike, config: TrainConfig | None = None, *,
                   repeats: int | None = None, ratio=None,
@@ -161,103 +277,32 @@ def train_repeats(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     ``ratio`` ("3:1:1", or three positive integers) draws ``repeats`` (None: 5, as the
     paper) case-level, label-stratified splits; ``split_dir`` imports the authors' split
     folders instead (``repeats`` None: all of them). Repeat i is seeded with
-    ``repeat_seed(config.seed, i)`` (its split and its training). ``config.split_file`` must be None; ``config.n_folds``/``fold`` are not used.
+    ``repeat_seed(config.seed, i)`` (its split and its training). ``config.split_file``
+    must be None; ``config.n_folds``/``fold`` are not used.
     ``out_dir`` must be new or empty unless ``resume``.
     """
     cfg = config or TrainConfig()
-    if cfg.split_file:
-        raise LabelsError("a split file and repeated splits exclude each other")
-    if ratio is not None:
-        parse_ratio(ratio)  # the ratio first: its error needs no labels
-    if repeats is None and ratio is not None:
-        repeats = 5
     out = Path(out_dir)
-    rows = read_labels(labels_csv, slides_dir)
-    splits, imports = plan_repeats(rows, repeats=repeats, seed=cfg.seed, ratio=ratio,
-                                   split_dir=split_dir, allow_missing=allow_missing)
-    n = len(splits)
-    # repeat i: its own seed, for its split (ratio mode) and its training (init, order, flips)
-    seeds = [repeat_seed(cfg.seed, i) for i in range(n)]
-    manifest = _manifest(cfg, mode="ratio" if ratio is not None else "split-dir", ratio=ratio,
-                         split_dir=split_dir, repeats=n, seeds=seeds, labels_csv=labels_csv,
-                         allow_missing=allow_missing)
-    texts = [_split_csv_text(sp) for sp in splits]
-    # ---- nothing is written before these checks
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not resume:
-            raise OutputExistsError(f"{out}: the folder is not empty; use --resume to continue "
-                                    "the repeats, or choose a new folder")
-        try:
-            saved = json.loads((out / MANIFEST).read_text())
-        except (OSError, ValueError):
-            raise MRANError(f"{out}: nothing to resume (no readable {MANIFEST})") from None
-        if isinstance(saved, dict) and isinstance(saved.get("train_config"), dict):
-            # options added to TrainConfig after the repeats were started count as defaults
-            saved["train_config"] = {**asdict(TrainConfig()), **saved["train_config"]}
-        # the number of repeats may change: repeat i's split does not depend on it
-        diff = sorted(k for k in set(saved) | set(manifest)
-                      if k not in ("repeats", "repeat_seeds") and saved.get(k) != manifest.get(k))
-        if diff:
-            raise MRANError(f"{out}: the options differ from the repeats being resumed "
-                            f"({', '.join(diff)})")
-        for i, text in enumerate(texts):
-            old = out / "splits" / f"repeat-{i}.csv"
-            if old.is_file() and old.read_text() != text:
-                raise MRANError(f"{old}: the split of repeat {i} differs from the one computed "
-                                "now (labels.csv or the split files changed); use a new folder")
-
-    (out / "splits").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    for i, text in enumerate(texts):
-        write_text_atomic(out / "splits" / f"repeat-{i}.csv", text)
-        write_text_atomic(out / "splits" / f"repeat-{i}-test.csv", _labels_csv_text(splits[i]["test"]))
-
+    exp = _plan_experiment(slides_dir, labels_csv, cfg, repeats=repeats, ratio=ratio,
+                           split_dir=split_dir, allow_missing=allow_missing)
+    _check_out_folder(out, exp, resume)  # nothing is written before these checks
+    _write_experiment(out, exp)
+    n = exp.n
     runs, tests = [], []
     for i in range(n):
-        run = out / f"repeat-{i}"
-        split_file = (out / "splits" / f"repeat-{i}.csv").resolve()
-        cfg_i = replace(cfg, split_file=str(split_file), seed=seeds[i])
-        runs.append(run)
-        counts = ", ".join(f"{p} {len(splits[i][p])}" for p in PARTS)
-        src = f"seed {seeds[i]}" + (f", split from {imports[i].folder}" if imports else "")
-        tag = f"repeat-{i} ({i + 1}/{n})"
-        yield RepeatEvent(i, n, "split", f"{tag}: {counts} slides ({src})")
-        if imports is not None and (any(imports[i].unmatched.values()) or imports[i].unused):
-            yield RepeatEvent(i, n, "split", imports[i].report())
-        done = finished_run(run, cfg_i, strict=True) if run.is_dir() else None
-        if done is not None:
-            tests.append(done)
-            yield RepeatEvent(i, n, "skip", f"{tag}: finished and verified, skipped "
-                                            f"({_test_summary_line(done)})")
-            continue
-        busy = run.is_dir() and any(run.iterdir())
-        gen = train(slides_dir, labels_csv, run, cfg_i, resume=busy, command=command,
-                    bag_cache=out / "bags")  # tissue bags found once for all repeats
-        try:
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    summary: TrainSummary = stop.value
-                    break
-                yield RepeatEvent(i, n, "train", f"{tag}: {ev.message}", ev)
-        finally:
-            gen.close()  # closing this generator closes the repeat's run (its reader threads)
-        tests.append(summary.test or {})
-
+        runs.append(out / f"repeat-{i}")
+        tests.append((yield from _run_repeat(i, out, exp, cfg, slides_dir, labels_csv, command)))
     metrics = summarise(tests)
-    csv_text, md_text = summary_tables(metrics, n, manifest)
+    csv_text, md_text = summary_tables(metrics, n, exp.manifest)
     write_text_atomic(out / SUMMARY_CSV, csv_text)
     write_text_atomic(out / SUMMARY_MD, md_text)
     yield RepeatEvent(n - 1, n, "summary", md_text)
     return RepeatsSummary(out, out / SUMMARY_CSV, out / SUMMARY_MD, runs, metrics, tests,
-                          [imp.as_dict() for imp in imports] if imports else [])
+                          [imp.as_dict() for imp in exp.imports] if exp.imports else [])
 
 
 def _test_summary_line(doc: dict[str, Any]) -> str:
-    from .trainer import _test_line
+    from .report import _test_line
 
     return _test_line(doc)
 

@@ -293,65 +293,41 @@ def _barcode(name: str) -> str:
     return name.split(".", 1)[0].upper()
 
 
-def read_authors_split(folder: str | os.PathLike, rows: list[LabelledSlide], *,
-                       allow_missing: bool = False) -> SplitImport:
-    """One split folder of the authors' repository (``case_train.csv``, ``case_val.csv``,
-    ``case_test.csv``) mapped onto the labelled slides ``rows``.
-
-    An id (the file name of the slide on the authors' machine) matches the labelled slide
-    whose file name is the same; else whose name without extension is the same; else
-    whose TCGA barcode (the name up to its first '.') is the same, when that is unique.
-    Ids that match no slide are an error (LabelsError listing them) unless
-    ``allow_missing`` (then they are reported in :attr:`SplitImport.unmatched`). A label
-    that differs from labels.csv, a slide in two parts, a case split across parts or an
-    empty training part are errors.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise LabelsError(f"{folder}: split folder not found (or not a folder)")
-    index: dict[str, dict[str, list[LabelledSlide]]] = {"file name": {}, "stem": {}, "TCGA barcode": {}}
+def _slide_index(rows: list[LabelledSlide]) -> dict[str, dict[str, list[LabelledSlide]]]:
+    """The labelled slides by file name, by name without extension and by TCGA barcode."""
+    index: dict[str, dict[str, list[LabelledSlide]]] = {"file name": {}, "stem": {},
+                                                        "TCGA barcode": {}}
     for r in rows:
         base = r.slide.replace("\\", "/").rsplit("/", 1)[-1]
         index["file name"].setdefault(base, []).append(r)
         index["stem"].setdefault(os.path.splitext(base)[0], []).append(r)
         index["TCGA barcode"].setdefault(_barcode(base), []).append(r)
+    return index
 
-    parts: dict[str, list[LabelledSlide]] = {p: [] for p in PARTS}
-    unmatched: dict[str, list[str]] = {p: [] for p in PARTS}
-    n_ids: dict[str, int] = {}
-    matched_by = {k: 0 for k in index}
-    n_bags: dict[str, int] = {}
-    where: dict[str, str] = {}
-    wrong_label: list[str] = []
-    for part in PARTS:
-        path = folder / AUTHORS_SPLIT_FILES[part]
-        labels, counts = _read_authors_part(path)
-        n_ids[part] = len(labels)
-        for name in sorted(labels):
-            hit = None
-            for how, keys in (("file name", name), ("stem", os.path.splitext(name)[0]),
-                              ("TCGA barcode", _barcode(name))):
-                found = index[how].get(keys, [])
-                if len(found) > 1:
-                    raise LabelsError(f"{path}: id {name} matches {len(found)} labelled slides "
-                                      f"by {how} ({', '.join(f.slide for f in found[:3])}); "
-                                      "slide file names must be unique")
-                if found:
-                    hit = found[0]
-                    matched_by[how] += 1
-                    break
-            if hit is None:
-                unmatched[part].append(name)
-                continue
-            if hit.slide in where:
-                raise LabelsError(f"{folder}: slide {hit.slide} is in both {where[hit.slide]} "
-                                  f"and {part}")
-            where[hit.slide] = part
-            if hit.label != labels[name]:
-                wrong_label.append(f"{hit.slide} (labels.csv {hit.label}, {path.name} {labels[name]})")
-            parts[part].append(hit)
-            if counts.get(name):
-                n_bags[hit.slide] = counts[name]
+
+def _match_id(index: dict[str, dict[str, list[LabelledSlide]]], name: str, path: Path,
+              matched_by: dict[str, int]) -> LabelledSlide | None:
+    """The labelled slide of the authors' id ``name`` (file name, else stem, else TCGA
+    barcode; counted in ``matched_by``), None when none; an id that matches several
+    slides is an error."""
+    for how, keys in (("file name", name), ("stem", os.path.splitext(name)[0]),
+                      ("TCGA barcode", _barcode(name))):
+        found = index[how].get(keys, [])
+        if len(found) > 1:
+            raise LabelsError(f"{path}: id {name} matches {len(found)} labelled slides "
+                              f"by {how} ({', '.join(f.slide for f in found[:3])}); "
+                              "slide file names must be unique")
+        if found:
+            matched_by[how] += 1
+            return found[0]
+    return None
+
+
+def _check_import(folder: Path, parts: dict[str, list[LabelledSlide]],
+                  unmatched: dict[str, list[str]], n_ids: dict[str, int],
+                  wrong_label: list[str], allow_missing: bool) -> None:
+    """The errors of an imported split folder: labels that differ from labels.csv, ids
+    that match no slide (unless ``allow_missing``), a case in two parts, no training slide."""
     if wrong_label:
         more = f" and {len(wrong_label) - 5} more" if len(wrong_label) > 5 else ""
         raise LabelsError(f"{folder}: {len(wrong_label)} slide(s) have another label in the split "
@@ -373,6 +349,52 @@ def read_authors_split(folder: str | os.PathLike, rows: list[LabelledSlide], *,
                                   f"{part} (check the case column of labels.csv)")
     if not parts["train"]:
         raise LabelsError(f"{folder}: no slide of the training part matches labels.csv")
+
+
+def read_authors_split(folder: str | os.PathLike, rows: list[LabelledSlide], *,
+                       allow_missing: bool = False) -> SplitImport:
+    """One split folder of the authors' repository (``case_train.csv``, ``case_val.csv``,
+    ``case_test.csv``) mapped onto the labelled slides ``rows``.
+
+    An id (the file name of the slide on the authors' machine) matches the labelled slide
+    whose file name is the same; else whose name without extension is the same; else
+    whose TCGA barcode (the name up to its first '.') is the same, when that is unique.
+    Ids that match no slide are an error (LabelsError listing them) unless
+    ``allow_missing`` (then they are reported in :attr:`SplitImport.unmatched`). A label
+    that differs from labels.csv, a slide in two parts, a case split across parts or an
+    empty training part are errors.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LabelsError(f"{folder}: split folder not found (or not a folder)")
+    index = _slide_index(rows)
+    parts: dict[str, list[LabelledSlide]] = {p: [] for p in PARTS}
+    unmatched: dict[str, list[str]] = {p: [] for p in PARTS}
+    n_ids: dict[str, int] = {}
+    matched_by = {k: 0 for k in index}
+    n_bags: dict[str, int] = {}
+    where: dict[str, str] = {}
+    wrong_label: list[str] = []
+    for part in PARTS:
+        path = folder / AUTHORS_SPLIT_FILES[part]
+        labels, counts = _read_authors_part(path)
+        n_ids[part] = len(labels)
+        for name in sorted(labels):
+            hit = _match_id(index, name, path, matched_by)
+            if hit is None:
+                unmatched[part].append(name)
+                continue
+            if hit.slide in where:
+                raise LabelsError(f"{folder}: slide {hit.slide} is in both {where[hit.slide]} "
+                                  f"and {part}")
+            where[hit.slide] = part
+            if hit.label != labels[name]:
+                wrong_label.append(f"{hit.slide} (labels.csv {hit.label}, "
+                                   f"{path.name} {labels[name]})")
+            parts[part].append(hit)
+            if counts.get(name):
+                n_bags[hit.slide] = counts[name]
+    _check_import(folder, parts, unmatched, n_ids, wrong_label, allow_missing)
     unused = sorted(r.slide for r in rows if r.slide not in where)
     return SplitImport(str(folder), parts, n_ids, unmatched, unused, matched_by, n_bags)
 
