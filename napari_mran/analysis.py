@@ -96,10 +96,12 @@ def _bag_px(slide: Slide, model: MRAN, opts: AnalysisOptions) -> int:
     return bag_px
 
 
-def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions,
-                           workers: int) -> tuple[TissueBags, dict[str, Any]]:
-    """The brightfield check (refuses unless overridden), then the tissue bags."""
+def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, workers: int
+                           ) -> tuple[TissueBags, dict[str, Any], Any, dict[str, Any]]:
+    """The brightfield check (refuses unless overridden), the tissue bags, and the stain
+    normalisation fitted on the same low-resolution image."""
     from .brightfield import check_slide
+    from .inference.stain import slide_stain
 
     lowres = tissue_lowres(slide)
     check = check_slide(slide, lowres)
@@ -108,7 +110,8 @@ def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions,
                             "(override: --allow-non-brightfield)")
     tissue = find_tissue_bags(slide, bag_px, opts.tissue_method, opts.tissue_options,
                               workers=workers, edge=opts.edge, lowres=lowres)
-    return tissue, check.provenance(overridden=opts.allow_non_brightfield)
+    stain, stain_info = slide_stain(opts.stain_normalize, lowres[0], lowres[1])
+    return tissue, check.provenance(overridden=opts.allow_non_brightfield), stain, stain_info
 
 
 def _prepare_model(model: MRAN, dev: Any, opts: AnalysisOptions, n_bags: int) -> UpstreamRunner:
@@ -125,14 +128,17 @@ def _prepare_model(model: MRAN, dev: Any, opts: AnalysisOptions, n_bags: int) ->
 
 
 def _run_bags(slide: Slide, boxes: np.ndarray, plan: ReadPlan, runner: UpstreamRunner,
-              outs: BagOutputs, opts: AnalysisOptions, workers: int
+              outs: BagOutputs, opts: AnalysisOptions, workers: int, stain: Any = None
               ) -> Generator[AnalysisProgress, None, tuple[int, float, float]]:
     """Decode and run every bag; yields "bags" events; returns (final batch size,
     seconds of the bag loop, seconds in the model)."""
     n = len(boxes)
     bs = auto_batch(runner.dev) if opts.batch_size == "auto" else int(opts.batch_size)
+    from .inference.stain import normalised_reader
+
     # read_bag looked up here at call time: tests slow it down through this module
-    stream = BagStream(boxes, lambda box: read_bag(slide, box, plan), bs, workers=workers,
+    read = normalised_reader(lambda box: read_bag(slide, box, plan), stain)
+    stream = BagStream(boxes, read, bs, workers=workers,
                        prefetch=opts.prefetch or max(2 * bs, workers))
     t_bags = time.perf_counter()
     with contextlib.closing(iter(stream)) as batches:  # closed at once on cancel
@@ -263,7 +269,7 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     amp_policy(opts.amp, dev)  # an unusable AMP choice fails before any reading
     workers = opts.num_workers or min(8, os.cpu_count() or 2)
     t0 = time.perf_counter()
-    tissue, check = _check_and_find_tissue(slide, bag_px, opts, workers)
+    tissue, check, stain, stain_info = _check_and_find_tissue(slide, bag_px, opts, workers)
     boxes, n = tissue.boxes, len(tissue.boxes)
     t_tissue = time.perf_counter() - t0
     cover = tissue.parameters.get("tissue_coverage", 1.0)
@@ -276,7 +282,8 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     runner = _prepare_model(model, dev, opts, n)
     plan = plan_reads(slide, bag_px, model.config.input_px)
     outs = BagOutputs(boxes, model.config, model.config.embedding_dim)
-    bs, t_bags, t_model = yield from _run_bags(slide, boxes, plan, runner, outs, opts, workers)
+    bs, t_bags, t_model = yield from _run_bags(slide, boxes, plan, runner, outs, opts, workers,
+                                               stain)
     keep, slide_probs, gamma = _slide_level(runner.model, outs, dev, slide.path)
     yield AnalysisProgress("slide", n, n, outs.n_failed, message="slide-level MIL done")
     failed = np.flatnonzero(~outs.ok)
@@ -285,6 +292,7 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     provenance = _provenance(slide, model, opts, bag_px=bag_px, tissue=tissue, check=check,
                              plan=plan, runner=runner, workers=workers, bs=bs,
                              timings=timings, outs=outs)
+    provenance["stain_normalization"] = stain_info
     cfg = model.config
     names = list(cfg.class_names or ())
     w0, h0 = slide.dimensions

@@ -17,7 +17,8 @@ from enum import StrEnum
 __all__ = [
     "AMP_MODES", "AmpMode", "COLOUR_SCALINGS", "DEVICES", "EDGE_POLICIES", "EXPORT_KINDS",
     "EdgePolicy", "ExportKind", "LEVELS", "Level", "OPENSLIDE_ONLY_EXTENSIONS",
-    "PIXELS_PER_BAG", "SLIDE_EXTENSIONS", "STORE_SUFFIX", "TISSUE_METHODS", "TissueMethod",
+    "PIXELS_PER_BAG", "SLIDE_EXTENSIONS", "STAIN_NORMALIZATIONS", "STORE_SUFFIX",
+    "TISSUE_METHODS", "TissueMethod",
     "WEIGHTINGS", "Weighting", "check_choice", "export_kind", "file_stem", "parse_device",
     "store_names",
 ]
@@ -79,6 +80,8 @@ EDGE_POLICIES = tuple(m.value for m in EdgePolicy)
 LEVELS = tuple(m.value for m in Level)
 WEIGHTINGS = tuple(m.value for m in Weighting)
 EXPORT_KINDS = tuple(m.value for m in ExportKind)
+#: stain normalisation of the bags before the model (docs/stain.md)
+STAIN_NORMALIZATIONS = ("off", "macenko", "reinhard")
 #: how the attention layers' colours are scaled in napari
 COLOUR_SCALINGS = ("minmax", "percentile", "fixed")
 #: devices by name; ``cuda:N`` picks one GPU (parse_device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import MRANError
-from ..vocab import AMP_MODES, EDGE_POLICIES, TISSUE_METHODS, parse_device
+from ..vocab import AMP_MODES, EDGE_POLICIES, STAIN_NORMALIZATIONS, TISSUE_METHODS, parse_device
 
 #: exit status: ok, some slides failed (the rest was written), bad input, interrupted
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -113,6 +113,10 @@ ANALYSIS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-failed-fraction",), dict(type=fraction, default=None, metavar="F",
                                       help="fail a slide when more than this fraction of its "
                                            "bags cannot be decoded (default 0.1)")),
+    (("--stain-normalize",), dict(choices=STAIN_NORMALIZATIONS, default="off",
+                                  help="normalise each bag's stains to the built-in H&E "
+                                       "reference before the model: off (default), macenko, "
+                                       "reinhard (docs/stain.md)")),
     (("--allow-non-brightfield",), dict(action="store_true",
                                         help="analyse slides that fail the brightfield H&E "
                                              "check (recorded in provenance)")),
@@ -152,7 +156,8 @@ def analysis_options(args: argparse.Namespace) -> Any:
             "device": args.device, "batch_size": args.batch_size, "amp": args.amp,
             "bag_um": args.bag_um, "tissue_method": args.tissue, "edge": args.edge,
             "mpp": args.mpp, "max_failed_fraction": args.max_failed_fraction,
-            "allow_non_brightfield": args.allow_non_brightfield})
+            "allow_non_brightfield": args.allow_non_brightfield,
+            "stain_normalize": args.stain_normalize})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

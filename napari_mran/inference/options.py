@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..vocab import AMP_MODES, EDGE_POLICIES, TISSUE_METHODS, check_choice, parse_device
+from ..vocab import (AMP_MODES, EDGE_POLICIES, STAIN_NORMALIZATIONS, TISSUE_METHODS,
+                     check_choice, parse_device)
 
 #: abort a slide when more than this fraction of its tissue bags fail to decode
 DEFAULT_MAX_FAILED_FRACTION = 0.1
@@ -72,6 +73,7 @@ class AnalysisOptions:
     amp: str = "auto"
     mpp: float | tuple[float, float] | None = None
     edge: str = "pad"
+    stain_normalize: str = "off"
     # -- decide whether a slide is analysed at all
     allow_non_brightfield: bool = False
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
@@ -92,6 +94,7 @@ class AnalysisOptions:
             raise ValueError("give the bag size in px or in µm, not both")
         check_choice("tissue_method", self.tissue_method, TISSUE_METHODS)
         check_choice("edge", self.edge, EDGE_POLICIES)
+        check_choice("stain_normalize", self.stain_normalize, STAIN_NORMALIZATIONS)
         set_(self, "tissue_options", dict(self.tissue_options or {}))
         if self.top_k_patches is not None:
             k = _positive_int("top_k_patches", self.top_k_patches)
@@ -122,6 +125,8 @@ class AnalysisOptions:
         """The result-affecting options, canonical and JSON-comparable: two results
         made with equal keys by the same model from the same slide file agree."""
         raw = {name: getattr(self, name) for name in KEY_FIELDS}
+        if self.stain_normalize != "off":  # absent when off: keys of earlier stores hold
+            raw["stain_normalize"] = self.stain_normalize
         if isinstance(raw["mpp"], tuple):
             raw["mpp"] = list(raw["mpp"])
         return json.loads(json.dumps(raw, sort_keys=True, default=str, allow_nan=False))

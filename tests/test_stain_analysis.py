@@ -1,0 +1,83 @@
+"""Issue 13 point 1 (API and CLI): ``--stain-normalize`` maps each bag's stains to the
+reference before the model, is recorded, and is part of the reuse key."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_mran.analysis import predict_slide
+from napari_mran.cli import main
+from napari_mran.inference import AnalysisOptions
+from napari_mran.model import load_model
+from napari_mran.slide import open_slide
+from slide_writers import write_svs_pyramid
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """A real H&E crop (two bags) and the same crop with a scanner-like colour cast."""
+    import tifffile
+
+    from napari_mran._napari.sample_data import sample_slide_path
+
+    rgb = tifffile.imread(sample_slide_path())[:2048, :]  # 2048 x 2220
+    od = -np.log((rgb.astype(np.float64) + 1) / 256)
+    cast = np.clip(256 * np.exp(-od * np.array([0.75, 1.25, 0.8])) - 1, 0, 255).astype(np.uint8)
+    d = tmp_path_factory.mktemp("stain")
+    return (write_svs_pyramid(d / "orig.svs", rgb, downsamples=(1, 4)),
+            write_svs_pyramid(d / "cast.svs", cast, downsamples=(1, 4)))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def test_normalisation_is_recorded_and_changes_the_input(slides, demo):
+    orig, _ = slides
+    with open_slide(orig) as slide:
+        plain = predict_slide(slide, demo)
+        norm = predict_slide(slide, demo, stain_normalize="macenko")
+    info = norm.provenance["stain_normalization"]
+    assert info["method"] == "macenko" and info["source_fitted_on"] == "the slide's smallest level"
+    assert info["reference"]["method"] == "macenko" and info["source"] is not None
+    assert plain.provenance["stain_normalization"] == {"method": "off"}
+    assert not np.allclose(plain.patch_attention, norm.patch_attention)
+    json.dumps(info, allow_nan=False)
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_a_colour_cast_matters_less_after_normalisation(slides, demo, method):
+    """The same tissue with a colour cast: its patch attention moves less from the
+    original's when both are normalised than when neither is."""
+    orig, cast = slides
+
+    def attention(path, how):
+        with open_slide(path) as slide:
+            return predict_slide(slide, demo, stain_normalize=how).patch_attention
+
+    before = np.abs(attention(cast, "off") - attention(orig, "off")).mean()
+    after = np.abs(attention(cast, method) - attention(orig, method)).mean()
+    assert after < before, (method, before, after)
+
+
+def test_key_and_cli(slides, tmp_path, capsys):
+    assert "stain_normalize" not in AnalysisOptions().key()  # old stores stay reusable
+    assert AnalysisOptions(stain_normalize="reinhard").key()["stain_normalize"] == "reinhard"
+    with pytest.raises(ValueError, match="stain_normalize"):
+        AnalysisOptions(stain_normalize="vahadane")
+    orig, _ = slides
+    out = tmp_path / "o"
+    assert main(["analyze", str(orig), "--model", "demo", "--out", str(out), "--export", "",
+                 "--stain-normalize", "reinhard", "--json", "-q"]) == 0
+    from napari_mran.results import SlideResult
+
+    store = json.loads(capsys.readouterr().out)["slides"][0]["outputs"]["store"]
+    assert SlideResult.load(store).provenance["stain_normalization"]["method"] == "reinhard"
+    assert main(["analyze", str(orig), "--model", "demo", "--out", str(tmp_path / "p"),
+                 "--stain-normalize", "magic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stain-normalize" in err[0]
