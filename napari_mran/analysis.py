@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import AnalysisError
 from .inference.accumulate import BagBatchResult, BagOutputs
-from .inference.device import amp_policy, auto_batch, pick_device
+from .inference.device import amp_policy, auto_batch, on_device, pick_device
 from .inference.forward import UpstreamRunner
 from .inference.forward import forward_with_oom_retry as _forward_with_oom_retry
 from .inference.options import DEFAULT_MAX_FAILED_FRACTION, AnalysisOptions
@@ -115,12 +115,7 @@ def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, wor
 
 
 def _prepare_model(model: MRAN, dev: Any, opts: AnalysisOptions, n_bags: int) -> UpstreamRunner:
-    import torch
-
-    model = model.to(dev).eval()
-    if dev.type != "mps":
-        # torch's stub of Module.to lacks memory_format
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = on_device(model, dev)
     compile_now = opts.compile is True or (opts.compile == "auto" and dev.type == "cpu"
                                            and n_bags >= 64)
     return UpstreamRunner(model, dev, amp=opts.amp, compile=compile_now,

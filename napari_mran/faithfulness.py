@@ -177,16 +177,6 @@ def _limits(k_list: Iterable[Any], m_list: Iterable[Any], n_patches: int
     return ks, ms
 
 
-def _on_device(model: Any, device: Any) -> Any:
-    """The model in eval mode on *device*, channels last as the analysis runs it."""
-    import torch
-
-    model = model.to(device).eval()
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def restriction_sweep(
     slide,
     model,
@@ -229,7 +219,9 @@ def restriction_sweep(
     sizes = {k: n if k is None else min(k, n) for k in ks}
     k_max = max(sizes.values())
     device = pick_device(opts["device"])
-    model = _on_device(model, device)
+    from .inference.device import on_device
+
+    model = on_device(model, device)
     stored = result.embeddings
     if stored is not None and stored.shape[1] != model.embedding_dim:
         raise AnalysisError(f"the result's bag embeddings have {stored.shape[1]} features, "

@@ -70,12 +70,6 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> tuple:
 DEMO_TAG = "[DEMO model]"
 
 
-def result_is_demo(result: SlideResult) -> bool:
-    """Whether *result* was computed with the bundled synthetic demo model."""
-    model = (result.provenance or {}).get("model") or {}
-    return bool(model.get("demo")) if isinstance(model, dict) else False
-
-
 def result_metadata(result: SlideResult, role: str, extra: dict | None = None) -> dict:
     """Layer metadata shared by every result layer (the writers read it back), updated
     with *extra*."""
@@ -220,7 +214,7 @@ def result_layer_data(result: SlideResult, frame: SlideFrame | None = None, *,
     attention, top bags.  Names are ``"<slide> <role>"``."""
     frame = frame or SlideFrame.from_result(result)
     name = slide_name or result.slide_name or "slide"
-    if result_is_demo(result) and DEMO_TAG not in name:
+    if result.model_is_demo and DEMO_TAG not in name:
         name += f" {DEMO_TAG}"
     extra = {keys.FRAME: frame, **(extra_metadata or {})}
     out = []

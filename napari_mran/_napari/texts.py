@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 
-from .layers import result_is_demo
 
 NO_SLIDE_HINT = ("<i>No slide open. Open one with File ▸ Open (SVS, NDPI, OME-TIFF, tiled "
                  "TIFF…) or File ▸ Open Sample ▸ MRAN.</i>")
@@ -85,7 +84,7 @@ def prediction_html(result) -> str:
     cover_text = "" if cover is None else (
         f" · {cover:.0%} of the tissue analysed (edge bags: {tissue.get('edge', 'drop')})")
     demo = ("<br><span style='color:#e66'><b>DEMO model</b>: trained on synthetic slides; "
-            "a demonstration, not a diagnosis</span>") if result_is_demo(result) else ""
+            "a demonstration, not a diagnosis</span>") if result.model_is_demo else ""
     return (f"<b>Slide prediction: {html.escape(top_name)} ({top_p:.2f})</b>{extra}{demo}"
             f"<table>{rows}</table><small>{result.n_bags} bags of {result.bag_px} px"
             f"{cover_text} · {html.escape(result.slide_name)}</small>")

@@ -23,6 +23,16 @@ def pick_device(device: str = "auto") -> Any:
     return torch.device("cuda" if device == "gpu" else device)
 
 
+def on_device(model: Any, dev: Any) -> Any:
+    """The model in eval mode on *dev*, channels last (but on MPS) as the analysis runs it."""
+    import torch
+
+    model = model.to(dev).eval()
+    if dev.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def auto_batch(device: Any) -> int:
     """Bags per forward pass: 2 on a CPU, from free memory on a GPU."""
     if device.type == "cuda":

@@ -111,13 +111,11 @@ def write_checkpoint(run: Path, rs: RunState, epoch: int, cfg_json: str) -> None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary sibling name, then rename into place (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write *text* to *path* atomically, replacing it (:func:`napari_mran._atomic.atomic_file`)."""
+    from .._atomic import atomic_file
+
+    with atomic_file(path, "w", overwrite=True) as fh:
+        fh.write(text)
 
 
 def _write_json(path: Path, doc: Any) -> None:
