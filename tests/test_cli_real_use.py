@@ -195,3 +195,13 @@ def test_info_into_head_ends_quietly(cmu_small):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert first and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_an_unreadable_slide_leaves_no_output_folder(tmp_path, capsys):
+    fake = tmp_path / "fake.svs"
+    fake.write_text("not a slide")
+    out = tmp_path / "never"
+    assert main(["analyze", str(fake), "--model", "demo", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(fake) in err and "not a recognised slide format" in err
+    assert not out.exists()

@@ -129,3 +129,10 @@ def test_cli_tcga_labels(gdc_folder, tmp_path, capsys):
     assert main(["tcga-labels", str(gdc_folder), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["tcga-labels", str(tmp_path / "absent"), "--out", str(tmp_path / "x.csv")]) == 2
+    capsys.readouterr()
+    empty = tmp_path / "none"
+    empty.mkdir()
+    (empty / "slide.svs").write_bytes(b"")
+    assert main(["tcga-labels", str(empty), "--out", str(tmp_path / "y.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("files skipped") == 1 and not (tmp_path / "y.csv").exists()

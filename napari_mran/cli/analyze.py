@@ -112,14 +112,18 @@ def _plans(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..model import load_model
+    from ..slide import open_slide
 
     spec = model_spec(args)
     options = analysis_options(args)
     plans = _plans(args)
-    # every precondition before the first bag is read: outputs, folder, model
+    # every precondition before the first bag is read or the folder is made: outputs,
+    # model, slides (opening one only reads its structure and metadata), folder
     check_targets([p for _, t in plans for p in target_paths(t).values()], args.overwrite)
-    make_out_dir(Path(args.out))
     model = load_model(spec)
+    for path, _ in plans:
+        open_slide(path, mpp=options.mpp).close()
+    make_out_dir(Path(args.out))
     progress = Progress(args.quiet)
     summaries = [_analyze_one(path, targets, model, options, args, progress)
                  for path, targets in plans]

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = tcga_labels(args.folder, recursive=not args.no_recursive,
                       tumour_label=args.tumour_label, normal_label=args.normal_label)
+    path = write_labels_csv(res, args.out, overwrite=args.overwrite)  # errors carry the report
     print(res.report(), file=sys.stderr)
-    path = write_labels_csv(res, args.out, overwrite=args.overwrite)
     print(json.dumps({"labels": str(path), **res.counts()}, indent=2))
     return 0
