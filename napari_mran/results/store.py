@@ -14,13 +14,18 @@ import numpy as np
 from .._atomic import atomic_dir
 from ..errors import ResultsError
 from .marker import legacy_marker, mark_complete, marker_body, verify_marker
-from .schema import (ALL_ARRAYS, ARRAYS, ATTRS_KEY, LEGACY_VERSIONS, MARKER_NAME,
+from .schema import (ALL_ARRAYS, ARRAYS, ATTRS_KEY, CHECKSUMS_KEY, LEGACY_VERSIONS, MARKER_NAME,
                      OPTIONAL_ARRAYS, RESULTS_FORMAT, RESULTS_VERSION)
 from .strict import strict_loads
 from .validation import consistency_problems
-from .zarr_io import array_sha256, chunk_files, foreign_entries, zarr_read, zarr_write
+from .zarr_io import (REVIEWS_GROUP, array_sha256, chunk_files, foreign_entries,
+                      read_subgroup_attrs, zarr_read, zarr_write)
 
-__all__ = ["is_results_store", "read_store", "save_store", "verify_store"]
+__all__ = ["REVIEWS_GROUP", "REVIEWS_KEY", "is_results_store", "read_bag_boxes", "read_store",
+           "read_verified_attrs", "review_record", "save_store", "store_checksum", "verify_store"]
+
+#: attribute of the ``reviews/`` sub-group holding the review marks (docs/review.md)
+REVIEWS_KEY = "napari_mran_reviews"
 
 #: one marker entry: (shape, dtype, sha256 or None)
 _Entry = tuple[tuple[int, ...], np.dtype, Any]
@@ -204,8 +209,72 @@ def verify_store(path: str | os.PathLike) -> str | None:
 def _replace_check(path: Path) -> str | None:
     """``save(overwrite=True)``: None when *path* may be replaced -- a verified store
     of this version, or a complete version-1 store (arrays verified against its
-    COMPLETE.json), holding nothing else."""
-    return _whole_store_reason(Path(path), legacy=True)
+    COMPLETE.json), holding nothing else and no review marks."""
+    return _whole_store_reason(Path(path), legacy=True) or reviews_reason(Path(path))
+
+
+def reviews_reason(path: str | os.PathLike) -> str | None:
+    """Why the store at *path* must not be replaced because of its review marks (None:
+    it holds none): a pathologist's marks are never deleted by a re-analysis."""
+    path = Path(path)
+    try:
+        record = review_record(path)
+    except ResultsError as exc:
+        return f"it holds review marks that cannot be read ({exc})"
+    marks = record.get("marks") if record else None
+    if not marks:
+        return None
+    names = sorted({str(m.get("reviewer")) for m in marks if isinstance(m, dict)})
+    return (f"it holds {len(marks)} review mark(s) by {', '.join(names) or 'unknown'}; export "
+            "them with `napari-mran export --format reviews` or move the store")
+
+
+def review_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The raw review record (attribute ``napari_mran_reviews`` of the ``reviews/``
+    sub-group) of the store at *path*; None when it has none.  Its content is checked by
+    :mod:`napari_mran.review`; here only that it is a JSON object (ResultsError if not)."""
+    path = Path(path)
+    try:
+        attrs = read_subgroup_attrs(path, REVIEWS_GROUP)
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: corrupt review marks ({REVIEWS_GROUP}/zarr.json: {exc})"
+                           ) from exc
+    if attrs is None:
+        return None
+    record = attrs.get(REVIEWS_KEY)
+    if not isinstance(record, dict):
+        raise ResultsError(f"{path}: corrupt review marks ({REVIEWS_GROUP}/zarr.json has no "
+                           f"{REVIEWS_KEY} object)")
+    return record
+
+
+def read_verified_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The group attributes of a store of this version, verified against its completion
+    marker (no array is read); ResultsError when they do not verify."""
+    path = Path(path)
+    attrs = _read_attrs(path)
+    _check_version(path, attrs[ATTRS_KEY].get("version"), False)
+    verify_marker(path, attrs)
+    return attrs
+
+
+def store_checksum(attrs: dict[str, Any]) -> str:
+    """The sha256 of a verified store's completion marker (from its attributes): it
+    changes whenever the store is written again."""
+    return str(attrs[CHECKSUMS_KEY]["sha256"])
+
+
+def read_bag_boxes(path: str | os.PathLike) -> tuple[dict[str, Any], np.ndarray]:
+    """(group attributes, bag boxes) of a store, attributes and the ``boxes`` array
+    verified against the completion marker -- without reading the other arrays."""
+    path = Path(path)
+    attrs = _read_attrs(path)
+    _check_version(path, attrs[ATTRS_KEY].get("version"), False)
+    table = verify_marker(path, attrs)
+    if "boxes" not in table:
+        raise ResultsError(f"{path}: completion marker lists no 'boxes' array")
+    entry = _marker_entry(path, "boxes", table["boxes"], False)
+    return attrs, _read_arrays(path, {"boxes": entry}, True)["boxes"]
 
 
 def _partial_store_check(path: Path) -> str | None:

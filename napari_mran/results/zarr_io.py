@@ -8,6 +8,7 @@ zarr warn ("not recognized as a component of a Zarr hierarchy") whenever it is l
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -15,10 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_file
 from .schema import MARKER_NAME
+from .strict import strict_loads
 
-__all__ = ["array_sha256", "chunk_files", "foreign_entries", "zarr_read", "zarr_update_attrs",
+__all__ = ["REVIEWS_GROUP", "array_sha256", "chunk_files", "foreign_entries",
+           "read_subgroup_attrs", "write_subgroup_attrs", "zarr_read", "zarr_update_attrs",
            "zarr_write"]
+
+#: the one sub-group a results store may hold besides its arrays: the review marks
+#: (docs/review.md), outside the store's checksums; only its ``zarr.json`` is allowed
+REVIEWS_GROUP = "reviews"
 
 
 def zarr_write(folder: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
@@ -59,6 +67,33 @@ def zarr_read(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def read_subgroup_attrs(folder: Path, name: str) -> dict[str, Any] | None:
+    """The attributes of the zarr v3 sub-group *name* of *folder* (its ``zarr.json``
+    only, no zarr call); None when it has none.  ValueError/OSError when unreadable."""
+    meta_path = folder / name / "zarr.json"
+    if not meta_path.is_file():
+        return None
+    meta = strict_loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3 \
+            or meta.get("node_type") != "group" or not isinstance(meta.get("attributes"), dict):
+        raise ValueError(f"{name}/zarr.json is not the metadata of a zarr v3 group")
+    return meta["attributes"]
+
+
+def write_subgroup_attrs(folder: Path, name: str, attrs: dict[str, Any]) -> Path:
+    """Write (atomically: temporary sibling + rename) the ``zarr.json`` of the zarr v3
+    sub-group *name* of *folder*, creating the sub-group; return that file."""
+    sub = folder / name
+    if not sub.is_dir():
+        sub.mkdir()
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    text = json.dumps(meta, sort_keys=True, allow_nan=False, ensure_ascii=False,
+                      separators=(",", ":"))
+    with atomic_file(sub / "zarr.json", overwrite=True) as fh:
+        fh.write(text + "\n")
+    return sub / "zarr.json"
+
+
 def array_sha256(arr: np.ndarray) -> str:
     """sha256 of the array's bytes (C order)."""
     return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
@@ -88,7 +123,7 @@ def foreign_entries(
     """
     foreign: list[str] = []
     top_files = {"zarr.json", MARKER_NAME} if marker_file else {"zarr.json"}
-    allowed_top = {*top_files, *names}
+    allowed_top = {*top_files, *names, REVIEWS_GROUP}
 
     def temp_of(fname: str, allowed: set[str]) -> bool:
         m = _ZARR_TEMP.match(fname) if zarr_temp else None
@@ -101,6 +136,8 @@ def foreign_entries(
             rel = (rel_root / fname).as_posix()
             if not parts:
                 ok = fname in top_files or temp_of(fname, {"zarr.json"})
+            elif parts[0] == REVIEWS_GROUP and parts[0] not in names:
+                ok = len(parts) == 1 and fname == "zarr.json"
             elif parts[0] in names:
                 if len(parts) == 1:
                     ok = fname == "zarr.json" or temp_of(fname, {"zarr.json"})
