@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..vocab import TISSUE_METHODS
+from ..vocab import STAIN_NORMALIZATIONS, TISSUE_METHODS
 from ._common import (
     Progress,
     UsageError,
@@ -17,6 +17,7 @@ from ._common import (
     add_options,
     device,
     drain,
+    fraction,
     int_at_least,
     positive_float,
     print_json,
@@ -123,6 +124,43 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
             "recorded. MRAN feeds RGB/255 without mean/std normalisation",
         ),
     ),
+    (
+        ("--stain-normalize",),
+        dict(
+            choices=STAIN_NORMALIZATIONS,
+            default="off",
+            help="normalise every bag's stains to a reference fitted on the training "
+            "slides (stored in the model; analysis with the same --stain-normalize uses "
+            "it): off (default), macenko, reinhard (docs/stain.md)",
+        ),
+    ),
+    (
+        ("--stain-augment",),
+        dict(
+            choices=("off", "hed"),  # training.config.STAIN_AUGMENTATIONS
+            default="off",
+            help="random HED stain jitter of the training bags (seeded; docs/stain.md)",
+        ),
+    ),
+    (
+        ("--stain-augment-sigma",),
+        dict(
+            type=fraction,
+            default=0.05,
+            metavar="S",
+            help="HED jitter: each stain's concentration x U[1-S, 1+S] (default 0.05, "
+            "Tellez et al. 2019 'HED-light')",
+        ),
+    ),
+    (
+        ("--stain-augment-bias",),
+        dict(
+            type=fraction,
+            default=0.05,
+            metavar="B",
+            help="HED jitter: + U[-B, B] optical density per stain (default 0.05)",
+        ),
+    ),
     (("--json",), dict(action="store_true", help="(the summary is always JSON)")),
     (
         (
@@ -153,6 +191,10 @@ def _check(args: argparse.Namespace) -> bool:
         raise UsageError("--repeats and --allow-missing-slides need --split-ratio or --split-dir")
     if args.split_ratio is not None:
         parse_ratio(args.split_ratio)
+    if args.stain_augment == "off" and (args.stain_augment_sigma != 0.05
+                                        or args.stain_augment_bias != 0.05):
+        raise UsageError("--stain-augment-sigma and --stain-augment-bias need "
+                         "--stain-augment hed")
     if not repeated and not args.split_file and args.fold >= args.folds:
         raise UsageError(f"--fold must be < --folds ({args.folds}), got {args.fold}")
     return repeated
@@ -179,6 +221,10 @@ def _config(args: argparse.Namespace) -> Any:
             workers=args.workers,
             init_backbone=args.init_backbone,
             class_names=names,
+            stain_normalize=args.stain_normalize,
+            stain_augment=args.stain_augment,
+            stain_augment_sigma=args.stain_augment_sigma,
+            stain_augment_bias=args.stain_augment_bias,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None

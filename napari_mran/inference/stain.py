@@ -2,29 +2,100 @@
 
 The slide's own stains are fitted once, on the tissue of the smallest pyramid level that
 the input check and the tissue rule read anyway, and every bag is mapped from them to
-the reference (the built-in H&E reference of :mod:`napari_mran.stain`).  A slide whose
-stains cannot be fitted there (too little tissue, one stain) falls back to a fit per
-bag; the provenance says which.
+the reference.  The reference is, in this order of precedence:
+
+1. the user's (``--stain-reference FILE``: :func:`napari_mran.stain.user.read_stain_reference`),
+   recorded as ``"user: <file>"``;
+2. the model's (``model.stain_reference``: fitted on its training cohort and stored in
+   its checkpoint), when it was trained with the same method: ``"checkpoint (training
+   cohort)"``;
+3. the built-in H&E reference of :mod:`napari_mran.stain`: ``"built-in CMU-1"``.
+
+A slide whose stains cannot be fitted there (too little tissue, one stain) falls back to
+a fit per bag; the provenance says which.  A model trained with normalisation and run
+without it gets a note in the provenance and a :class:`StainWarning`.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..errors import AnalysisError
+
 Reader = Callable[[Any], tuple]
 
+CHECKPOINT_SOURCE = "checkpoint (training cohort)"
+BUILTIN_SOURCE = "built-in CMU-1"
 
-def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None
+
+class StainWarning(UserWarning):
+    """The analysis's stain normalisation differs from the model's training."""
+
+
+def _model_method(reference: dict[str, Any] | None) -> str | None:
+    if isinstance(reference, dict) and isinstance(reference.get("method"), str):
+        return str(reference["method"])
+    return None
+
+
+def off_note(reference: dict[str, Any] | None) -> str | None:
+    """The note of a model trained with normalisation analysed without it (None if not)."""
+    trained = _model_method(reference)
+    if trained in (None, "off"):
+        return None
+    return (f"this model was trained on {trained}-normalised bags (its checkpoint holds the "
+            f"training cohort's reference); analysed without normalisation, its outputs may "
+            f"shift with the stains: use --stain-normalize {trained}")
+
+
+def choose_reference(method: str, reference: dict[str, Any] | None = None,
+                     user: str | os.PathLike[str] | None = None) -> tuple[Any, str, str | None]:
+    """(StainReference, where it comes from, a note or None) for *method* (module
+    docstring); AnalysisError naming the file or the model when a reference is bad."""
+    from ..stain import default_reference
+    from ..stain.user import read_stain_reference, reference_of_document
+
+    trained = _model_method(reference)
+    if user is not None:
+        try:
+            ref = read_stain_reference(user, method)
+        except ValueError as exc:
+            raise AnalysisError(str(exc)) from None
+        return ref, f"user: {os.fspath(user)}", None
+    if trained == method:
+        try:
+            return reference_of_document(reference, method, "the model's stain reference"), \
+                CHECKPOINT_SOURCE, None
+        except ValueError as exc:
+            raise AnalysisError(str(exc)) from None
+    note = None if trained in (None, "off") else (
+        f"this model was trained with {trained} normalisation; its reference does not "
+        f"apply to {method}: the built-in reference is used")
+    return default_reference(method), BUILTIN_SOURCE, note
+
+
+def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
+                reference: dict[str, Any] | None = None,
+                user: str | os.PathLike[str] | None = None,
                 ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict[str, Any]]:
-    """``(normalise one uint8 bag, provenance)`` for *method*; ``(None, {...})`` when off."""
-    if method == "off":
-        return None, {"method": "off"}
-    from ..stain import default_reference, fit_reference, normalize
+    """``(normalise one uint8 bag, provenance)`` for *method*; ``(None, {...})`` when off.
 
-    reference = default_reference(method)
+    *reference*: the model's ``stain_reference`` (``{"method", "reference"}``) or None;
+    *user*: a ``--stain-reference`` file or None."""
+    if method == "off":
+        note = off_note(reference)
+        if note is None:
+            return None, {"method": "off"}
+        warnings.warn(note, StainWarning, stacklevel=2)
+        return None, {"method": "off", "note": note}
+    from ..stain import fit_reference, normalize
+
+    ref, ref_source, note = choose_reference(method, reference, user)
     image = np.asarray(lowres)[..., :3]
     if valid is not None:
         image = np.where(np.asarray(valid)[..., None], image, 255).astype(np.uint8)
@@ -33,11 +104,13 @@ def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None
         fitted = "the slide's smallest level"
     except ValueError as exc:  # too little tissue or a single stain: per-bag fits
         source, fitted = None, f"each bag on its own ({exc})"
-    info = {"method": method, "reference": reference.to_dict(),
+    info = {"method": method, "reference": ref.to_dict(), "reference_source": ref_source,
             "source": None if source is None else source.to_dict(), "source_fitted_on": fitted}
+    if note:
+        info["note"] = note
 
     def apply(img: np.ndarray) -> np.ndarray:
-        return np.asarray(normalize(img, reference, source=source))
+        return np.asarray(normalize(img, ref, source=source))
 
     return apply, info
 

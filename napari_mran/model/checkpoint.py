@@ -5,7 +5,10 @@ model's ``state_dict`` (our module names) as tensors, and string metadata
 
 * ``format``: ``"napari-mran"``
 * ``format_version``: ``"1"``
-* ``mran_config``: :meth:`MRANConfig.to_json` text.
+* ``mran_config``: :meth:`MRANConfig.to_json` text;
+* ``stain_reference`` (only for a model trained with stain normalisation): JSON
+  ``{"method": "macenko" | "reinhard", "reference": StainReference.to_dict()}``, the
+  training cohort's stain reference; loaded as ``model.stain_reference`` (None without).
 
 :func:`load_model` also reads the authors' reference checkpoints (torch pickles, or
 reference-named safetensors state dicts), detected from the file's content; see
@@ -104,7 +107,43 @@ def _load_safetensors(path: Path) -> MRAN:
         raise checkpoint_error(path, f"bad metadata: invalid mran_config: {exc}") from None
     model = MRAN(config)
     check_and_load(model, state, path, display={})
+    # setattr: MRAN does not annotate this attribute (nn.Module's __setattr__ types)
+    setattr(model, "stain_reference", _stain_metadata(path, metadata.get("stain_reference")))
     return model
+
+
+#: the normalisation methods a checkpoint's stain reference may name
+_STAIN_METHODS = ("macenko", "reinhard")
+
+
+def _checked_stain(value: object) -> str | None:
+    """Why ``value`` is not a ``{"method", "reference"}`` stain document (None if it is);
+    the reference itself is checked where it is used (napari_mran.stain)."""
+    if not isinstance(value, dict):
+        return f"not a JSON object ({type(value).__name__})"
+    if value.get("method") not in _STAIN_METHODS:
+        return f"method {value.get('method')!r} is not one of {', '.join(_STAIN_METHODS)}"
+    if not isinstance(value.get("reference"), dict):
+        return "no 'reference' object"
+    if value["reference"].get("method") != value["method"]:
+        return "its reference is of another method"
+    return None
+
+
+def _stain_metadata(path: Path, text: str | None) -> dict | None:
+    """``model.stain_reference`` from the ``stain_reference`` metadata (None without)."""
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise checkpoint_error(path, f"bad metadata: stain_reference is not JSON: {exc}") from None
+    problem = _checked_stain(value)
+    if problem:
+        raise checkpoint_error(path, f"bad metadata: invalid stain_reference: {problem}")
+    return value
 
 
 def _resolve(path_or_name: str | os.PathLike[str]) -> Path:
@@ -134,8 +173,8 @@ def load_model(
         max_bytes: refuse files larger than this many bytes (default 2 GiB).
 
     Returns:
-        The model in eval mode on the CPU, with ``checkpoint_path`` and
-        ``checkpoint_sha256`` attributes. For a reference import the config's
+        The model in eval mode on the CPU, with ``checkpoint_path``,
+        ``checkpoint_sha256`` and ``stain_reference`` (a dict, or None) attributes. For a reference import the config's
         ``provenance["imported_from"]`` records the file name, SHA-256 and entry used.
 
     Raises:
@@ -157,6 +196,8 @@ def load_model(
     model.checkpoint_path = str(path)
     model.checkpoint_sha256 = sha256_of(path)
     model.is_demo = str(path_or_name) == "demo"
+    # the training cohort's stain reference ({"method", "reference"}), None without
+    setattr(model, "stain_reference", getattr(model, "stain_reference", None))
     return model.eval()
 
 
@@ -189,6 +230,14 @@ def save_model(model: MRAN, path: str | os.PathLike[str], *, overwrite: bool = F
     if non_finite:
         raise checkpoint_error(path, f"refusing to save non-finite (NaN/Inf) weights in: {listing(non_finite)}")
     metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "mran_config": model.config.to_json()}
+    stain = getattr(model, "stain_reference", None)
+    if stain is not None:
+        import json
+
+        problem = _checked_stain(stain)
+        if problem:
+            raise checkpoint_error(path, f"refusing to save an invalid stain_reference: {problem}")
+        metadata["stain_reference"] = json.dumps(stain, sort_keys=True, allow_nan=False)
 
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)

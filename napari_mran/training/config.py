@@ -9,6 +9,8 @@ from typing import Any, Literal
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
 TEST_METRICS = "test_metrics.json"
+#: ``--stain-augment`` choices
+STAIN_AUGMENTATIONS = ("off", "hed")
 
 
 @dataclass
@@ -35,6 +37,22 @@ class TrainConfig:
     workers: int = 4
     detach_attention: Literal["reference", "none", "all"] = "reference"
     init_backbone: str | None = None  # torchvision-layout ResNet-18 state dict for the trunk
+    # stain handling (docs/stain.md, "Training"): bags normalised to the training cohort's
+    # reference (stored in the model), and/or HED jitter of the upstream bags
+    stain_normalize: str = "off"     # off | macenko | reinhard
+    stain_augment: str = "off"       # off | hed
+    stain_augment_sigma: float = 0.05  # HED-light (Tellez et al. 2019): alpha ~ U[1-s, 1+s]
+    stain_augment_bias: float = 0.05   # beta ~ U[-b, b] (OD, natural log, unit stain vector)
+
+    def __post_init__(self) -> None:
+        from ..vocab import STAIN_NORMALIZATIONS, check_choice
+
+        check_choice("stain_normalize", self.stain_normalize, STAIN_NORMALIZATIONS)
+        check_choice("stain_augment", self.stain_augment, STAIN_AUGMENTATIONS)
+        for name in ("stain_augment_sigma", "stain_augment_bias"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), not {v!r}")
 
 
 @dataclass

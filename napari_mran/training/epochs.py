@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import EpochEvent, TrainConfig
 from .data import SlideBags
+from .stain import augment_seeds
 from .state import RunContext, RunState
 
 
@@ -43,9 +44,10 @@ class UpstreamEpoch:
     lr: float                          # the LR of the epoch's last upstream step
 
 
-def _upstream_jobs(ctx: RunContext, epoch: int) -> list[tuple[str, np.ndarray, bool, Any]]:
-    """The bag reads of an upstream epoch, (path, box, flip, (slide, bag index)): every
-    bag (or a seeded subset per slide), in a seeded order, each flipped with p = 0.5."""
+def _upstream_jobs(ctx: RunContext, epoch: int) -> list[tuple]:
+    """The bag reads of an upstream epoch, (path, box, flip, (slide, bag index), HED
+    jitter seed or None): every bag (or a seeded subset per slide), in a seeded order,
+    each flipped with p = 0.5."""
     cfg = ctx.cfg
     jobs = []
     rng = _rng(cfg.seed, epoch, 1)
@@ -57,8 +59,9 @@ def _upstream_jobs(ctx: RunContext, epoch: int) -> list[tuple[str, np.ndarray, b
             jobs.append((s, int(j)))
     order = rng.permutation(len(jobs))
     flips = rng.random(len(jobs)) < 0.5 if cfg.flip else np.zeros(len(jobs), bool)
+    seeds = augment_seeds(cfg, epoch, len(jobs))  # HED jitter's (own RNG: order unchanged)
     return [(jobs[k][0].path, jobs[k][0].boxes[jobs[k][1]], bool(flips[n]),
-             (jobs[k][0], jobs[k][1])) for n, k in enumerate(order)]
+             (jobs[k][0], jobs[k][1]), seeds[n]) for n, k in enumerate(order)]
 
 
 def _upstream_step(ctx: RunContext, rs: RunState, images: np.ndarray, tags: list,

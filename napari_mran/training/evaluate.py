@@ -100,7 +100,7 @@ def update_best(ctx: RunContext, rs: RunState, epoch: int, record: dict[str, Any
         rs.best = {"epoch": epoch + 1, "key": key, "metrics": record}
         best_model = _with_provenance(rs.model, ctx.model_cfg, ctx.cfg, record, ctx.rows,
                                       ctx.splits, ctx.labels_csv, ctx.command, ctx.t_start,
-                                      epoch + 1, rs.init_info)
+                                      epoch + 1, rs.init_info, ctx.stain_reference)
         save_model(best_model, ctx.run / MODEL, overwrite=True)
     return improved
 

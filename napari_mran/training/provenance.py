@@ -9,11 +9,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import TrainConfig
+from .stain import stain_provenance
 
 
 def _with_provenance(model, model_cfg, cfg: TrainConfig, record, rows, splits, labels_csv,
-                     command, t_start, epoch, init_info=None):
-    """A copy of the model whose config records how it was trained."""
+                     command, t_start, epoch, init_info=None, stain_reference=None):
+    """A copy of the model whose config records how it was trained (and which carries
+    the training cohort's stain reference, ``stain_reference``, when it has one)."""
     import copy
     import hashlib
 
@@ -35,6 +37,8 @@ def _with_provenance(model, model_cfg, cfg: TrainConfig, record, rows, splits, l
     }
     if init_info is not None:
         prov["init_backbone"] = dict(init_info)  # path and sha256 of the initial trunk weights
+    prov["stain"] = stain_provenance(cfg, stain_reference)
     m = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
     m._config = replace(model_cfg, provenance=prov)
+    m.stain_reference = stain_reference
     return m

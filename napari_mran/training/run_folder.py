@@ -90,10 +90,12 @@ def check_run_folder(run: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any
     return state
 
 
-def write_checkpoint(run: Path, rs: RunState, epoch: int, cfg_json: str) -> None:
+def write_checkpoint(run: Path, rs: RunState, epoch: int, cfg_json: str,
+                     stain_reference: dict[str, Any] | None = None) -> None:
     """``checkpoint.pt`` after ``epoch`` (0-based): everything a resume needs to continue
-    exactly (weights, optimisers, schedulers, bag weights, history, best, torch RNG),
-    written under a temporary name and renamed into place."""
+    exactly (weights, optimisers, schedulers, bag weights, history, best, torch RNG, the
+    training cohort's stain reference as JSON), written under a temporary name and
+    renamed into place."""
     import torch
 
     state = {
@@ -104,6 +106,7 @@ def write_checkpoint(run: Path, rs: RunState, epoch: int, cfg_json: str) -> None
         "history": json.dumps(rs.history), "best": json.dumps(rs.best),
         "torch_rng": torch.get_rng_state(), "config": cfg_json,
         "init_backbone": json.dumps(rs.init_info),
+        "stain_reference": json.dumps(stain_reference),
     }
     tmp = run / (CHECKPOINT + f".tmp{os.getpid()}")
     torch.save(state, tmp)

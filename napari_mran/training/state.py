@@ -35,6 +35,7 @@ class RunContext:
     class_w: Any = None                # class weights of the losses (tensor on dev)
     reader: BagReader | None = None
     steps_per_epoch: int = 0           # upstream steps (bag batches) per epoch
+    stain_reference: dict[str, Any] | None = None  # the cohort's {"method", "reference"}
 
     @property
     def n_classes(self) -> int:

@@ -40,6 +40,7 @@ from .run_folder import (_BEFORE_FIRST_CHECKPOINT, _CHECKPOINT_KEYS,
                          write_text_atomic)
 from .splits import (LabelledSlide, LabelsError, make_splits, read_labels, read_split_file,
                      write_splits)
+from .stain import training_stain
 from .state import RunContext, RunState
 
 __all__ = [
@@ -103,6 +104,7 @@ def train(slides_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
     yield EpochEvent(0, cfg.epochs, "prepare", message="finding tissue bags")
     _find_bags(ctx, slides_dir, Path(bag_cache) if bag_cache else run / "bags")
+    yield from training_stain(ctx, saved)  # the cohort's stain reference; bag stain steps
     rs = _run_state(ctx, model, saved, init_info)
     if saved is not None:
         yield from _restore(ctx, rs, saved)
@@ -264,7 +266,7 @@ def _epoch(ctx: RunContext, rs: RunState, epoch: int) -> Generator[EpochEvent, N
     record["best_so_far"] = update_best(ctx, rs, epoch, record)
     record["time_s"] = round(time.perf_counter() - t_epoch, 2)
     log_epoch(ctx.run, rs.history, record)
-    write_checkpoint(ctx.run, rs, epoch, ctx.cfg_json)
+    write_checkpoint(ctx.run, rs, epoch, ctx.cfg_json, ctx.stain_reference)
     yield EpochEvent(epoch, cfg.epochs, "epoch", metrics=record,
                      elapsed_s=time.perf_counter() - ctx.t_start,
                      message=_epoch_line(record))
