@@ -72,6 +72,7 @@ class ExportKind(StrEnum):
     OME_ZARR = "ome-zarr"
     PROVENANCE = "provenance"
     OVERVIEW = "overview"
+    REVIEWS = "reviews"  # a store's review marks (docs/review.md)
 
 
 AMP_MODES = tuple(m.value for m in AmpMode)

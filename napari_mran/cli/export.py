@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     levels = [v for v in args.level.split(",") if v.strip()] if args.level else None
     plan = export_plan(result, out, [k for k in kinds if k != "overview"],
                        weighting=args.weighting or "local", levels=levels,
-                       gzip_geojson=args.gzip)
+                       gzip_geojson=args.gzip, store=store)
+    warnings = _review_warnings(result, store) if "reviews" in kinds else []
     overview = (out / f"{file_stem(result.slide_name or 'slide')}.overview.png"
                 if "overview" in kinds else None)
     slide = _overview_slide(result, store) if overview is not None else None
@@ -84,8 +85,25 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if slide is not None:
             slide.close()
-    print_json({"result": str(store), "written": written, "unchanged": unchanged})
+    report: dict[str, Any] = {"result": str(store), "written": written, "unchanged": unchanged}
+    if warnings:
+        report["warnings"] = warnings
+    print_json(report)
     return 0
+
+
+def _review_warnings(result: Any, store: Path) -> list[str]:
+    """Refuse (before anything is written) a store without marks or with marks that do
+    not load; the marks' model-version warning, also said on stderr."""
+    import sys
+
+    from ..export.reviews import load_marks
+
+    warning = load_marks(result, store).model_warning()
+    if warning is None:
+        return []
+    print(f"warning: {store}: {warning}", file=sys.stderr)
+    return [warning]
 
 
 def _write(result: Any, plan: list, overview: Path | None, slide: Any, out: Path,

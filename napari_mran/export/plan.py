@@ -13,6 +13,8 @@ csv            ``<stem>.bags.csv``, ``.patches.csv``,           bag, patch, cell
 ome_tiff       ``<stem>.<level>-attention-<weighting>.ome.tif``  bag, patch, cell
 ome_zarr       ``<stem>.<level>-attention-<weighting>.ome.zarr`` bag, patch, cell
 provenance     ``<stem>.provenance.json``                       (one file)
+reviews        ``<stem>.reviews.geojson``, ``.reviews.csv``     (the store's review
+                                                                marks; docs/review.md)
 =============  ===============================================  =====================
 
 The bag level has one attention (gamma), so its heatmaps are always named ``local``.
@@ -67,14 +69,16 @@ class ExportJob:
 
 def export_plan(result: SlideResult | None, folder: str | os.PathLike, kinds: Iterable[str], *,
                 weighting: str = "local", levels: Iterable[str] | None = None,
-                stem: str | None = None, gzip_geojson: bool = False) -> list[ExportJob]:
+                stem: str | None = None, gzip_geojson: bool = False,
+                store: str | os.PathLike | None = None) -> list[ExportJob]:
     """The files that exporting *kinds* of *result* into *folder* writes.
 
     ``levels`` restricts the levels of every kind that has levels (default: the
     table above); ``stem`` defaults to the slide's file name without its extension;
     ``gzip_geojson`` writes ``.geojson.gz`` files.  ``result`` may be None when ``stem``
     is given and no cell-level GeoJSON is planned (``analyze`` names its outputs so,
-    before the result exists).
+    before the result exists).  ``store``: the results store whose review marks the
+    ``reviews`` kind exports (required for it).
     """
     from .geojson import MAX_CELL_BAGS
 
@@ -95,6 +99,9 @@ def export_plan(result: SlideResult | None, folder: str | os.PathLike, kinds: It
     for kind in dict.fromkeys(normalise_kind(k) for k in kinds):
         if kind == "provenance":
             plan.append(ExportJob("provenance", folder / f"{stem}.provenance.json"))
+            continue
+        if kind == "reviews":
+            plan.extend(_review_jobs(folder, stem, store))
             continue
         chosen = DEFAULT_LEVELS[kind] if wanted is None else [v for v in LEVELS if v in wanted]
         for level in chosen:
@@ -117,14 +124,24 @@ def export_plan(result: SlideResult | None, folder: str | os.PathLike, kinds: It
     return plan
 
 
+def _review_jobs(folder: Path, stem: str, store: str | os.PathLike | None) -> list[ExportJob]:
+    """The two files of the ``reviews`` kind (GeoJSON, CSV) of *store*'s marks."""
+    if store is None:
+        raise ValueError("the reviews export is planned from a results store")
+    return [ExportJob("reviews", folder / f"{stem}.reviews.{fmt}",
+                      {"store": str(store), "format": fmt}) for fmt in ("geojson", "csv")]
+
+
 def write_export(result: SlideResult, job: ExportJob, *, overwrite: bool = False) -> Path:
     """Write one planned file through its exporter (atomic; never replaces a file unless
     ``overwrite``)."""
     from . import export_csv, export_geojson, export_ome_tiff, export_ome_zarr, export_provenance
+    from .reviews import export_reviews
 
     funcs: dict[str, Callable[..., Any]] = {"geojson": export_geojson, "csv": export_csv,
                                             "ome_tiff": export_ome_tiff,
                                             "ome_zarr": export_ome_zarr,
-                                            "provenance": export_provenance}
+                                            "provenance": export_provenance,
+                                            "reviews": export_reviews}
     return Path(funcs[normalise_kind(job.kind)](result, job.path, overwrite=overwrite,
                                                 **job.options))
