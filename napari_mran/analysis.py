@@ -32,7 +32,8 @@ from .inference.forward import forward_with_oom_retry as _forward_with_oom_retry
 from .inference.options import DEFAULT_MAX_FAILED_FRACTION, AnalysisOptions
 from .inference.provenance import slide_provenance, versions
 from .inference.reading import BagStream, ReadPlan, plan_reads, read_bag, tissue_lowres
-from .inference.tissue_bags import REFINE_MAX_DOWNSAMPLE, TissueBags, find_tissue_bags
+from .inference.tissue_bags import (REFINE_MAX_DOWNSAMPLE, TissueBags, cell_tissue,
+                                    find_tissue_bags)
 
 if TYPE_CHECKING:
     from .model import MRAN
@@ -98,8 +99,9 @@ def _bag_px(slide: Slide, model: MRAN, opts: AnalysisOptions) -> int:
 
 def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, workers: int
                            ) -> tuple[TissueBags, dict[str, Any], Any, dict[str, Any]]:
-    """The brightfield check (refuses unless overridden), the tissue bags, and the stain
-    normalisation fitted on the same low-resolution image."""
+    """The brightfield check (refuses unless overridden), the tissue bags (inside the
+    region, if any) with their shown cells, and the stain normalisation fitted on the
+    same low-resolution image."""
     from .brightfield import check_slide
     from .inference.stain import slide_stain
 
@@ -109,7 +111,9 @@ def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, wor
         raise AnalysisError(f"{slide.path}: not a brightfield H&E image: {check.reason} "
                             "(override: --allow-non-brightfield)")
     tissue = find_tissue_bags(slide, bag_px, opts.tissue_method, opts.tissue_options,
-                              workers=workers, edge=opts.edge, lowres=lowres)
+                              workers=workers, edge=opts.edge, lowres=lowres, region=opts.roi)
+    tissue.cell_tissue = cell_tissue(lowres, tissue.boxes, bag_px, opts.tissue_method,
+                                     slide.dimensions, opts.roi)
     stain, stain_info = slide_stain(opts.stain_normalize, lowres[0], lowres[1])
     return tissue, check.provenance(overridden=opts.allow_non_brightfield), stain, stain_info
 
@@ -189,7 +193,7 @@ def _provenance(slide: Slide, model: MRAN, opts: AnalysisOptions, *, bag_px: int
 
     from ._version import __version__
 
-    return {
+    prov = {
         "software": {"napari_mran": __version__, "torch": torch.__version__,
                      "numpy": np.__version__, "python": platform.python_version(),
                      **versions("tifffile", "zarr", "imagecodecs", "dask")},
@@ -214,6 +218,10 @@ def _provenance(slide: Slide, model: MRAN, opts: AnalysisOptions, *, bag_px: int
         "no_data_fraction_mean": float(outs.no_data.mean()),
         "bag_probs": "upstream (the bag's own classification, W g + b)",
     }
+    if opts.roi is not None:
+        prov["region"] = {**opts.roi.record(slide.dimensions, slide.mpp),
+                          "bags_kept": int(len(tissue.boxes)), "bags_outside": tissue.n_outside}
+    return prov
 
 
 def analyze_slide(slide: Slide | str | os.PathLike, model: MRAN,
@@ -260,6 +268,8 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     from .results import SlideResult
 
     bag_px = _bag_px(slide, model, opts)
+    if opts.roi is not None:  # a region that cannot belong to this slide: before any read
+        opts = opts.replace(roi=opts.roi.check_slide(*slide.dimensions))
     dev = pick_device(opts.device)
     amp_policy(opts.amp, dev)  # an unusable AMP choice fails before any reading
     workers = opts.num_workers or min(8, os.cpu_count() or 2)
@@ -268,11 +278,13 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     boxes, n = tissue.boxes, len(tissue.boxes)
     t_tissue = time.perf_counter() - t0
     cover = tissue.parameters.get("tissue_coverage", 1.0)
-    yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px "
+    inside = "" if opts.roi is None else f" inside the region ({tissue.n_outside} outside)"
+    yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px{inside} "
                            f"({cover:.0%} of the tissue)", tissue_boxes=boxes)
     if n == 0:
         w0, h0 = slide.dimensions
-        raise AnalysisError(f"{slide.path}: no tissue bags found (method "
+        where = "" if opts.roi is None else f" inside the region of {opts.roi.source}"
+        raise AnalysisError(f"{slide.path}: no tissue bags found{where} (method "
                             f"{opts.tissue_method}, bag {bag_px} px, slide {w0} x {h0} px)")
     runner = _prepare_model(model, dev, opts, n)
     plan = plan_reads(slide, bag_px, model.config.input_px)
@@ -298,7 +310,8 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
         slide_probs=slide_probs, class_names=names,
         slide_size=(int(w0), int(h0)), bag_px=bag_px, mpp=slide.mpp,
         failed_boxes=boxes[failed], failed_reasons=[outs.failed_reasons[int(i)] for i in failed],
-        provenance=provenance, degraded=bool(len(failed)), embeddings=outs.embedding[keep])
+        provenance=provenance, degraded=bool(len(failed)), embeddings=outs.embedding[keep],
+        cell_tissue=None if tissue.cell_tissue is None else tissue.cell_tissue[keep])
     yield AnalysisProgress("done", n, n, int(len(failed)), message="slide: " + ", ".join(
         f"{c} {p:.3f}" for c, p in zip(names, slide_probs)))
     return result

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..roi import Region
 from ..vocab import (AMP_MODES, EDGE_POLICIES, STAIN_NORMALIZATIONS, TISSUE_METHODS,
                      check_choice, parse_device)
 
@@ -74,6 +75,7 @@ class AnalysisOptions:
     mpp: float | tuple[float, float] | None = None
     edge: str = "pad"
     stain_normalize: str = "off"
+    roi: Region | None = None  # analyse only the bags meeting this region (docs/roi.md)
     # -- decide whether a slide is analysed at all
     allow_non_brightfield: bool = False
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
@@ -96,6 +98,9 @@ class AnalysisOptions:
         check_choice("edge", self.edge, EDGE_POLICIES)
         check_choice("stain_normalize", self.stain_normalize, STAIN_NORMALIZATIONS)
         set_(self, "tissue_options", dict(self.tissue_options or {}))
+        if self.roi is not None and not isinstance(self.roi, Region):
+            raise ValueError(f"roi must be a napari_mran.roi.Region or None, not "
+                             f"{type(self.roi).__name__}")
         if self.top_k_patches is not None:
             k = _positive_int("top_k_patches", self.top_k_patches)
             if k > 64:
@@ -127,6 +132,8 @@ class AnalysisOptions:
         raw = {name: getattr(self, name) for name in KEY_FIELDS}
         if self.stain_normalize != "off":  # absent when off: keys of earlier stores hold
             raw["stain_normalize"] = self.stain_normalize
+        if self.roi is not None:  # absent without a region: keys of earlier stores hold
+            raw["roi"] = self.roi.sha256
         if isinstance(raw["mpp"], tuple):
             raw["mpp"] = list(raw["mpp"])
         return json.loads(json.dumps(raw, sort_keys=True, default=str, allow_nan=False))

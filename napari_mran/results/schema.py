@@ -65,6 +65,7 @@ ARRAYS: dict[str, tuple[np.dtype, Callable[[int], tuple[int, ...]] | None]] = {
 #: Arrays a store may hold or not (older stores and callers without them stay valid).
 OPTIONAL_ARRAYS: dict[str, np.dtype] = {
     "embeddings": FLOAT,  # (N, E) bag embeddings g of the upstream branch
+    "cell_tissue": np.dtype("u1"),  # (N, 64, 16) 1 where the cell is shown (tissue, in the ROI)
 }
 #: Every array name a store may hold.
 ALL_ARRAYS = (*ARRAYS, *OPTIONAL_ARRAYS)

@@ -67,6 +67,7 @@ class ScoresMixin:
     class_names: list[str]
     slide_size: tuple[int, int]
     bag_px: int
+    cell_tissue: np.ndarray | None
     _index: dict[tuple[int, int], int] | None
 
     if TYPE_CHECKING:  # defined by SlideResult
@@ -130,11 +131,16 @@ class ScoresMixin:
         """Rasterise one level over the slide's whole bag grid.
 
         One pixel per bag (``level="bag"``), 8 x 8 per bag (patch) or 32 x 32 per bag
-        (cell); NaN where no tissue bag was analysed and where a pixel lies wholly past
-        the slide's edge (the padding of partial edge bags).  ``data[0, 0]``'s top-left
+        (cell); NaN where no tissue bag was analysed, where a pixel lies wholly past
+        the slide's edge (the padding of partial edge bags) and, when the result has
+        ``cell_tissue``, where nothing is shown: a cell off it, a patch none of whose 16
+        cells is on it, a bag none of whose cells is.  ``data[0, 0]``'s top-left
         corner is the slide's level-0 origin.
         """
         vals = self.scores(level, weighting, value, class_index)
+        shown = self.shown(level)
+        if shown is not None:
+            vals = np.where(shown, vals, np.nan).astype(np.float32)
         k = PIXELS_PER_BAG[level]
         rows, cols = self.grid_shape
         if rows * k * cols * k > MAX_HEATMAP_PIXELS:
@@ -161,6 +167,17 @@ class ScoresMixin:
             class_name=None if ci is None else self.class_names[ci],
             mpp=self.mpp_xy,
         )
+
+    def shown(self, level: str = "cell") -> np.ndarray | None:
+        """Which objects of a level are shown (bool: bag (N,), patch (N, 64), cell
+        (N, 64, 16)): those with at least one shown cell; None without ``cell_tissue``."""
+        check_choice("level", level, LEVELS)
+        if self.cell_tissue is None:
+            return None
+        cells = self.cell_tissue.astype(bool)
+        if level == "cell":
+            return cells
+        return np.asarray(cells.any(axis=2) if level == "patch" else cells.any(axis=(1, 2)))
 
     def top_bags(self, k: int | None = None) -> np.ndarray:
         """Indices of the bags by bag attention (gamma), highest first (NaN last)."""

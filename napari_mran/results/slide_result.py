@@ -24,8 +24,8 @@ from .schema import (ARRAYS, ATTRS_KEY, CELLS_PER_PATCH_SIDE, CELLS_PER_SIDE, LE
 from .scores import ScoresMixin
 from .store import read_store, save_store
 from .strict import strict_json
-from .validation import (check_arrays, check_embeddings, check_grid, check_header,
-                         clean_provenance, mpp_pair)
+from .validation import (check_arrays, check_cell_tissue, check_embeddings, check_grid,
+                         check_header, clean_provenance, mpp_pair)
 
 __all__ = ["SlideResult"]
 
@@ -38,7 +38,9 @@ class SlideResult(ScoresMixin):
     boxes int64 ``[x0, y0, x1, y1]`` level-0 px on the bag grid.  ``embeddings``
     (N, E) float32, the upstream bag embeddings ``g``, is optional: saved with the
     store when present (it lets the slide-level branch be re-run without re-reading
-    the slide), absent from older stores.
+    the slide), absent from older stores.  ``cell_tissue`` (N, 64, 16) uint8, also
+    optional: 1 where a cell is shown (tissue, inside the region of interest if any);
+    heatmaps leave the others uncoloured.
     """
 
     boxes: np.ndarray  # (N, 4) int64
@@ -58,6 +60,7 @@ class SlideResult(ScoresMixin):
     provenance: dict[str, Any] = field(default_factory=dict)
     degraded: bool = False
     embeddings: np.ndarray | None = None  # (N, E) float32 bag embeddings, optional
+    cell_tissue: np.ndarray | None = None  # (N, 64, 16) uint8 shown cells, optional
     _index: dict[tuple[int, int], int] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -82,6 +85,7 @@ class SlideResult(ScoresMixin):
         self.provenance = clean_provenance(self.provenance)
         self.degraded = bool(self.degraded)
         self.embeddings = check_embeddings(self.embeddings, self.n_bags)
+        self.cell_tissue = check_cell_tissue(self.cell_tissue, self.n_bags)
         self._index = None
 
     # -- basic geometry --------------------------------------------------------------

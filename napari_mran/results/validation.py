@@ -10,11 +10,12 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from ..errors import ResultsError
-from .schema import ARRAYS, CELLS_PER_SIDE, FLOAT, MAX_SLIDE_SIDE, NONFINITE_KEY
+from .schema import (ARRAYS, CELLS_PER_SIDE, FLOAT, MAX_SLIDE_SIDE, N_CELLS, N_PATCHES,
+                     NONFINITE_KEY)
 from .strict import short, strict_json
 
-__all__ = ["check_arrays", "check_embeddings", "check_grid", "check_header", "clean_provenance",
-           "consistency_problems", "mpp_pair"]
+__all__ = ["check_arrays", "check_cell_tissue", "check_embeddings", "check_grid",
+           "check_header", "clean_provenance", "consistency_problems", "mpp_pair"]
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
@@ -151,6 +152,20 @@ def check_embeddings(embeddings: Any, n: int) -> np.ndarray | None:
     return np.ascontiguousarray(emb, dtype=FLOAT)
 
 
+def check_cell_tissue(cells: Any, n: int) -> np.ndarray | None:
+    """(N, 64, 16) uint8 of 0/1 (1: the cell is shown), or None."""
+    if cells is None:
+        return None
+    arr = np.asarray(cells)
+    if arr.shape != (n, N_PATCHES, N_CELLS):
+        raise ResultsError(f"SlideResult: cell_tissue has shape {arr.shape}, expected "
+                           f"({n}, {N_PATCHES}, {N_CELLS})")
+    if arr.dtype != np.bool_ and not (np.issubdtype(arr.dtype, np.integer)
+                                      and bool(np.isin(arr, (0, 1)).all())):
+        raise ResultsError("SlideResult: cell_tissue must hold 0 and 1 only")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
 def _has_duplicates(boxes: list[np.ndarray], bag_px: int, width: int) -> bool:
     keys = np.concatenate([(b[:, 1] // bag_px) * (width // bag_px + 1) + b[:, 0] // bag_px
                            for b in boxes])
@@ -254,6 +269,11 @@ def _shape_problems(own: dict[str, Any], arrays: dict[str, np.ndarray],
     emb = arrays.get("embeddings")
     if emb is not None and (emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] < 1):
         problems.append(f"embeddings is {emb.shape}, expected ({n}, E)")
+    cells = arrays.get("cell_tissue")
+    if cells is not None and cells.shape != (n, N_PATCHES, N_CELLS):
+        problems.append(f"cell_tissue is {cells.shape}, expected ({n}, {N_PATCHES}, {N_CELLS})")
+    elif cells is not None and cells.size and int(cells.max()) > 1:
+        problems.append("cell_tissue holds values other than 0 and 1")
     failed = arrays.get("failed_boxes")
     if failed is not None and reasons is not None and failed.ndim == 2 \
             and failed.shape[0] != len(reasons):

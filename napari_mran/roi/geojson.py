@@ -41,6 +41,7 @@ def _class_name(feature: dict[str, Any]) -> str:
 
 
 def _features(doc: Any, source: str) -> list[dict[str, Any]]:
+    items: Any
     if isinstance(doc, list):
         items = doc
     elif isinstance(doc, dict) and doc.get("type") == "FeatureCollection":

@@ -59,7 +59,11 @@ def crossing(ring: np.ndarray) -> tuple[float, float] | None:
         hit = _segments_meet(p[ii], q[ii], p[jj], q[jj])
         if hit.any():
             k = int(np.flatnonzero(hit)[0])
-            return float(p[ii[k], 0]), float(p[ii[k], 1])
+            a, b, c, d = p[ii[k]], q[ii[k]], p[jj[k]], q[jj[k]]
+            den = _cross(*(b - a), *(d - c))
+            t = _cross(*(c - a), *(d - c)) / den if den else 0.0
+            x, y = a + t * (b - a)
+            return float(x), float(y)
     return None
 
 
@@ -94,17 +98,19 @@ def clip_ring(ring: np.ndarray, width: float, height: float) -> np.ndarray:
     return pts
 
 
-def rasterize(rings: list[np.ndarray], shape: tuple[int, int], scale: tuple[float, float]
-              ) -> np.ndarray:
+def rasterize(rings: list[np.ndarray], shape: tuple[int, int], scale: tuple[float, float],
+              origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Bool (h, w) raster of one polygon (exterior and holes, even-odd rule): pixel
-    ``[r, c]`` is inside when its centre ``((c + 0.5) * sx, (r + 0.5) * sy)`` is."""
+    ``[r, c]`` is inside when its centre ``(ox + (c + 0.5) * sx, oy + (r + 0.5) * sy)``
+    is (``origin`` = (oy, ox) level-0 px)."""
     h, w = shape
     sy, sx = scale
+    oy, ox = origin
     parity = np.zeros((h, w + 1), dtype=np.int32)
     for ring in rings:
         p, q = ring, np.roll(ring, -1, axis=0)
-        y0, y1 = p[:, 1] / sy - 0.5, q[:, 1] / sy - 0.5  # in row units (row r at y = r)
-        x0, x1 = p[:, 0] / sx - 0.5, q[:, 0] / sx - 0.5
+        y0, y1 = (p[:, 1] - oy) / sy - 0.5, (q[:, 1] - oy) / sy - 0.5  # row r at y = r
+        x0, x1 = (p[:, 0] - ox) / sx - 0.5, (q[:, 0] - ox) / sx - 0.5
         ylo, yhi = np.minimum(y0, y1), np.maximum(y0, y1)
         r0 = np.clip(np.ceil(ylo), 0, h).astype(np.int64)  # rows with ylo <= r < yhi
         r1 = np.clip(np.ceil(yhi), 0, h).astype(np.int64)

@@ -87,15 +87,18 @@ class Region:
         """(N,) bool: which level-0 boxes ``[x0, y0, x1, y1]`` meet the region."""
         return boxes_intersect([list(p) for p in self.polygons], boxes)
 
-    def mask(self, shape: tuple[int, int], scale: float | tuple[float, float]) -> np.ndarray:
+    def mask(self, shape: tuple[int, int], scale: float | tuple[float, float],
+             origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
         """Bool raster (h, w): pixel ``[r, c]`` (``scale`` level-0 px per pixel, one
-        number or (sy, sx)) is inside when its centre is (even-odd per polygon, polygons
-        united)."""
-        sy, sx = (float(scale), float(scale)) if np.ndim(scale) == 0 else \
-            (float(scale[0]), float(scale[1]))  # type: ignore[index]
+        number or (sy, sx); the top-left corner at level-0 ``origin`` (y, x)) is inside
+        when its centre is (even-odd per polygon, polygons united)."""
+        if isinstance(scale, (tuple, list)):
+            sy, sx = float(scale[0]), float(scale[1])
+        else:
+            sy = sx = float(scale)
         out = np.zeros(shape, dtype=bool)
         for poly in self.polygons:
-            out |= rasterize(list(poly), shape, (sy, sx))
+            out |= rasterize(list(poly), shape, (sy, sx), origin)
         return out
 
     def record(self, slide_size: tuple[int, int], mpp: Any = None) -> dict[str, Any]:
