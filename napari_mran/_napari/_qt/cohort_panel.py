@@ -100,7 +100,11 @@ class CohortProxy(QSortFilterProxyModel):
         return table is not None and self.row_filter.accepts(table.rows[source_row])
 
     def lessThan(self, left, right):  # noqa: N802 - Qt's name
-        return left.data(SORT_ROLE) < right.data(SORT_ROLE)
+        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
+        if a[0] != b[0]:  # unknown values (a failed slide's) last in either order
+            descending = self.sortOrder() == Qt.SortOrder.DescendingOrder
+            return a[0] > b[0] if descending else a[0] < b[0]
+        return a < b
 
 
 class CohortPanel(QWidget):
