@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..cohort import COLUMNS, CohortReviewError, CohortTable, RowFilter, SlideView, load_slide_view
-from .perf import in_turns
+from .perf import glyph_prewarm_steps, in_turns, prewarm_layer_types
 
 #: the keyboard shortcuts of next / previous slide (napari binds neither)
 NEXT_KEY, PREVIOUS_KEY = "Ctrl+Shift+Down", "Ctrl+Shift+Up"
@@ -127,6 +127,8 @@ class CohortPanel(QWidget):
         self._build_ui()
         self.reviewed.connect(self.slide_reviewed)
         self.destroyed.connect(lambda *_: self._stop_details())
+        # the first Points/Shapes layer and text glyphs cost ~0.35 s: built while idle
+        in_turns([prewarm_layer_types, *glyph_prewarm_steps(self.viewer)])
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
