@@ -45,10 +45,13 @@ from __future__ import annotations
 
 from ._info import MASK_DOWNSAMPLE, SyntheticSlideInfo
 from ._make import make_cohort, make_slide
+from ._shift import STAIN_SHIFTS, StainShift
 from ._truth import read_mask, tumour_bag_labels
 
 __all__ = [
     "MASK_DOWNSAMPLE",
+    "STAIN_SHIFTS",
+    "StainShift",
     "SyntheticSlideInfo",
     "make_slide",
     "make_cohort",

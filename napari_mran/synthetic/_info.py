@@ -48,6 +48,7 @@ class SyntheticSlideInfo:
     quality: int = 90
     mask_downsample: int = MASK_DOWNSAMPLE
     colorspace: str = "rgb"
+    stain_shift: dict | None = None  # StainShift.to_dict() of a shifted slide
 
     @property
     def label(self) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._info import SyntheticSlideInfo
 from ._scene import Scene
+from ._shift import StainShift, as_stain_shift
 from ._svs import level_dims, write_svs
 from ._truth import block_areas, ground_truth, write_mask
 
@@ -21,7 +22,8 @@ def make_slide(path: str | os.PathLike[str], width: int, height: int, tumour: bo
                *, mpp: float = 0.5, tile: int = 256, quality: int = 90,
                tumour_fraction: float | None = None, colorspace: str = "rgb",
                workers: int | None = None,
-               mask_dir: str | os.PathLike[str] | None = None) -> SyntheticSlideInfo:
+               mask_dir: str | os.PathLike[str] | None = None,
+               stain_shift: StainShift | str | None = None) -> SyntheticSlideInfo:
     """Write a synthetic pyramidal H&E-like slide (Aperio-SVS-like JPEG TIFF).
 
     Parameters
@@ -44,6 +46,9 @@ def make_slide(path: str | os.PathLike[str], width: int, height: int, tumour: bo
     colorspace: ``"rgb"`` (Aperio-style RGB JPEG, PhotometricInterpretation
         RGB) or ``"ycbcr"`` (YCbCr 4:2:0 JPEG: ~2x smaller, slightly faster).
     workers: threads rendering/encoding level-0 tiles (default: min(2, CPUs)).
+    stain_shift: a :class:`StainShift`, a preset name (``"scanner-b"``) or None: the
+        slide as another lab and scanner would show it (other stain vectors, light,
+        white balance, blur); same tissue and ground truth as without (docs/synthetic.md).
 
     The file holds level 0, an Aperio-style stripped thumbnail page (page 1)
     and reduced levels at downsamples 2, 4, 8, ... (pages 2, 3, ...) down to
@@ -64,7 +69,8 @@ def make_slide(path: str | os.PathLike[str], width: int, height: int, tumour: bo
     else:
         Path(mask_dir).mkdir(parents=True, exist_ok=True)
         mask_path = Path(mask_dir) / (path.stem + ".mask.tif")
-    scene = Scene(width, height, seed, tumour, float(mpp), tumour_fraction, tile)
+    shift = as_stain_shift(stain_shift)
+    scene = Scene(width, height, seed, tumour, float(mpp), tumour_fraction, tile, shift)
     mask, boxes, tissue_frac = ground_truth(scene)
     dims = level_dims(width, height, tile)
 
@@ -93,7 +99,8 @@ def make_slide(path: str | os.PathLike[str], width: int, height: int, tumour: bo
         tumour_area_fraction=tum_area / area,
         tumour_tissue_fraction=(tum_area / tis_area) if tis_area > 0 else 0.0,
         tissue_fraction=float(tissue_frac), level_dimensions=tuple(dims), tile=tile,
-        quality=quality, colorspace=colorspace)
+        quality=quality, colorspace=colorspace,
+        stain_shift=None if shift is None else shift.to_dict())
 
 
 def _check_slide_arguments(width: int, height: int, tumour: bool, seed: int, *, mpp: float,
@@ -131,7 +138,8 @@ def _ellipses(scene: Scene) -> tuple[tuple[float, float, float, float, float], .
 def make_cohort(out_dir: str | os.PathLike[str], n_slides: int, seed: int,
                 width: int = 8192, height: int = 8192, *, tumour_ratio: float = 0.5, slides_per_case: int = 1, mpp: float = 0.5,
                 overwrite: bool = False, tile: int = 256, quality: int = 90,
-                colorspace: str = "rgb", workers: int | None = None) -> Path:
+                colorspace: str = "rgb", workers: int | None = None,
+                stain_shift: StainShift | str | None = None) -> Path:
     """Write ``n_slides`` synthetic slides and ``labels.csv`` into ``out_dir``.
 
     The ground-truth masks go to ``out_dir/masks/<stem>.mask.tif``, not beside the
@@ -140,7 +148,9 @@ def make_cohort(out_dir: str | os.PathLike[str], n_slides: int, seed: int,
     ``labels.csv`` has columns ``slide,label,case`` (slide = file name relative
     to ``out_dir``, label 1 = tumour / 0 = normal, case = case id; all slides
     of a case share its label).  About ``tumour_ratio`` of the cases are
-    tumour cases.  Everything is deterministic from ``seed``.  Refuses
+    tumour cases.  Everything is deterministic from ``seed``; ``stain_shift`` (see
+    :func:`make_slide`) shifts every slide alike, so the same seed with and without a
+    shift gives the same cohort in two labs' colours.  Refuses
     (FileExistsError) to write into a folder that already holds a labels.csv
     unless ``overwrite=True``; never deletes anything.  Returns the path of
     labels.csv, which is written last.
@@ -155,6 +165,7 @@ def make_cohort(out_dir: str | os.PathLike[str], n_slides: int, seed: int,
         raise ValueError(f"tumour_ratio must be in [0, 1], got {tumour_ratio}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    shift = as_stain_shift(stain_shift)  # a bad value fails before anything is written
     labels_path = out_dir / "labels.csv"
     if labels_path.exists() and not overwrite:
         raise FileExistsError(
@@ -177,7 +188,7 @@ def make_cohort(out_dir: str | os.PathLike[str], n_slides: int, seed: int,
         name = f"slide_{i:04d}.svs"
         make_slide(out_dir / name, width, height, bool(label), int(slide_seeds[i]), mpp=mpp,
                    tile=tile, quality=quality, colorspace=colorspace, workers=workers,
-                   mask_dir=out_dir / "masks")
+                   mask_dir=out_dir / "masks", stain_shift=shift)
         rows.append((name, label, f"case_{case:04d}"))
 
     tmp = labels_path.with_name(f".labels.csv.{os.getpid()}.tmp")

@@ -19,6 +19,7 @@ import numpy as np
 from ._fields import Blobs, Waves, bisect, interp_index
 from ._info import NODE
 from ._nuclei import CELL_UM, NucleusLattice
+from ._shift import StainShift
 from ._texture import texture_bank
 
 __all__ = ["Scene"]
@@ -38,7 +39,8 @@ class Scene:
     """Everything needed to render any pixel of a slide, derived from the seed."""
 
     def __init__(self, width: int, height: int, seed: int, tumour: bool, mpp: float,
-                 tumour_fraction: float | None, tile: int) -> None:
+                 tumour_fraction: float | None, tile: int,
+                 shift: StainShift | None = None) -> None:
         self.width, self.height, self.mpp, self.tile = width, height, mpp, tile
         ss = lambda k: np.random.SeedSequence(seed, spawn_key=(k,))  # noqa: E731
         rt = np.random.default_rng(ss(1))  # tissue layout (shared by tumour/normal twins)
@@ -48,6 +50,9 @@ class Scene:
         self.um = um
         cal_x, cal_y = self._make_tissue(rt)
         self._make_style(rs)
+        self.shift = shift  # after the style: the same seed draws the same slide
+        if shift is not None:
+            self.h_vec, self.e_vec = shift.stain_vectors(self.h_vec, self.e_vec)
 
         # --- nucleus lattice
         self.cell = max(8, int(round(CELL_UM * um)))
@@ -201,10 +206,13 @@ class Scene:
 
     # -- rendering -------------------------------------------------------------
 
-    # -- rendering -------------------------------------------------------------
-
     def render_tile(self, x0: int, y0: int, T: int) -> np.ndarray:
-        """RGB uint8 (T, T, 3) of the level-0 region [x0, x0+T) x [y0, y0+T)."""
+        """RGB uint8 (T, T, 3) of the level-0 region [x0, x0+T) x [y0, y0+T)
+        (under the stain shift's light and blur, when it has one)."""
+        rgb = self._render_tile(x0, y0, T)
+        return rgb if self.shift is None else self.shift.apply_light(rgb)
+
+    def _render_tile(self, x0: int, y0: int, T: int) -> np.ndarray:
         assert T == self.tile
         tex = self.tex
         G = self.cell
