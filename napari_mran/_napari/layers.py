@@ -1,4 +1,4 @@
-"""Turn headless objects into napari layer-data tuples (no napari import needed here).
+"""Turn headless objects into napari layer-data tuples.
 
 Slides (:func:`slide_layer_data`) and analysis results (:func:`result_layer_data`: the
 tissue bags, the bag / patch / cell attention and the top bags), shared by the readers,
@@ -17,18 +17,21 @@ from ..results import Heatmap, SlideResult
 from ..slide import Slide
 from ..vocab import LEVELS, Level, Weighting
 from . import keys
+from .colormaps import RAMP_CHOICE, RAMP_OPACITY, colormap_for
 from .frame import SlideFrame, level_geometry
 from .raster import DEFAULT_SCALING, contrast_limits, keep_top_fraction
 
-#: The role (layer-name suffix) of each heatmap level and its perceptual colormap.
+#: The role (layer-name suffix) of each heatmap level and the name of its default
+#: colormap: a translucent ramp (transparent low end; :mod:`.colormaps`).
 ROLES: dict[str, str] = {Level.BAG: "bag attention", Level.PATCH: "patch attention",
                          Level.CELL: "cell attention"}
-COLORMAPS: dict[str, str] = {Level.BAG: "magma", Level.PATCH: "viridis", Level.CELL: "inferno"}
+COLORMAPS: dict[str, str] = {lv: colormap_for(lv).name for lv in ROLES}
 TISSUE_ROLE = "tissue bags"
 TOP_ROLE = "top bags"
 #: every role, bottom to top (the order of the layers of a result)
 ROLE_ORDER = (TISSUE_ROLE, *ROLES.values(), TOP_ROLE)
-DEFAULT_OPACITY = 0.6
+#: layer opacity: 1.0, the ramp's own alpha fades low values (0.6 with an opaque map)
+DEFAULT_OPACITY = RAMP_OPACITY
 
 #: Tissue-bag outline colours (RGBA) by state.
 BAG_PENDING = (0.75, 0.75, 0.75, 0.8)
@@ -89,16 +92,18 @@ def result_metadata(result: SlideResult, role: str, extra: dict | None = None) -
 
 
 def attention_kwargs(geometry: Heatmap, frame: SlideFrame, name: str, limits, metadata: dict,
-                     *, opacity: float = DEFAULT_OPACITY, visible: bool = True) -> dict:
+                     *, opacity: float = DEFAULT_OPACITY, visible: bool = True,
+                     colormap: str = RAMP_CHOICE) -> dict:
     """napari image kwargs of an attention heatmap with *geometry* (its level, scale and
-    translate in level-0 pixels) placed in *frame*: the level's colormap, translucent,
-    nearest-neighbour, *limits* as contrast limits."""
+    translate in level-0 pixels) placed in *frame*: the level's colormap for the
+    panel's *colormap* choice (default: its translucent ramp), nearest-neighbour,
+    *limits* as contrast limits."""
     scale, translate = frame.heatmap_transform(geometry)
     return {
         "name": name,
         "scale": scale,
         "translate": translate,
-        "colormap": COLORMAPS.get(geometry.level, COLORMAPS[Level.BAG]),
+        "colormap": colormap_for(geometry.level, colormap),
         "contrast_limits": list(limits),
         "opacity": float(opacity),
         "blending": "translucent",
@@ -112,7 +117,8 @@ def attention_kwargs(geometry: Heatmap, frame: SlideFrame, name: str, limits, me
 def heatmap_layer_data(data: np.ndarray, level: str, bag_px: int, frame: SlideFrame,
                        name: str, metadata: dict, *, scaling: str = DEFAULT_SCALING,
                        opacity: float = DEFAULT_OPACITY, visible: bool = True,
-                       contrast_from: np.ndarray | None = None) -> tuple:
+                       contrast_from: np.ndarray | None = None,
+                       colormap: str = RAMP_CHOICE) -> tuple:
     """``(data, kwargs, "image")`` of one attention raster aligned with the slide.
 
     The contrast limits come from *contrast_from* when given (the unthresholded raster,
@@ -121,7 +127,8 @@ def heatmap_layer_data(data: np.ndarray, level: str, bag_px: int, frame: SlideFr
     limits = contrast_limits(data if contrast_from is None else contrast_from, scaling)
     return (data, attention_kwargs(level_geometry(level, bag_px), frame, name, limits,
                                    {**metadata, keys.LEVEL: level, keys.SCALING: scaling},
-                                   opacity=opacity, visible=visible), "image")
+                                   opacity=opacity, visible=visible, colormap=colormap),
+            "image")
 
 
 def tissue_points_data(boxes: np.ndarray, frame: SlideFrame, name: str, metadata: dict,
@@ -208,8 +215,8 @@ def top_bags_data(result: SlideResult, frame: SlideFrame, k: int, name: str,
 def result_layer_data(result: SlideResult, frame: SlideFrame | None = None, *,
                       slide_name: str | None = None, weighting: str = Weighting.LOCAL,
                       scaling: str = DEFAULT_SCALING, top_k: int = 10, top_percent: float = 100.0,
-                      opacity: float = DEFAULT_OPACITY, extra_metadata: dict | None = None
-                      ) -> list[tuple]:
+                      opacity: float = DEFAULT_OPACITY, extra_metadata: dict | None = None,
+                      colormap: str = RAMP_CHOICE) -> list[tuple]:
     """Every layer of a finished analysis, bottom to top: tissue bags, bag / patch / cell
     attention, top bags.  Names are ``"<slide> <role>"``."""
     frame = frame or SlideFrame.from_result(result)
@@ -232,7 +239,7 @@ def result_layer_data(result: SlideResult, frame: SlideFrame | None = None, *,
         out.append(heatmap_layer_data(keep_top_fraction(full, top_percent), level,
                                       result.bag_px, frame, f"{name} {ROLES[level]}", meta,
                                       scaling=scaling, opacity=opacity, contrast_from=full,
-                                      visible=level == Level.PATCH))
+                                      visible=level == Level.PATCH, colormap=colormap))
     if result.n_bags and top_k > 0:
         out.append(top_bags_data(result, frame, top_k, f"{name} {TOP_ROLE}",
                                  result_metadata(result, TOP_ROLE, extra)))

@@ -56,8 +56,17 @@ def _single_path(path) -> str | None:
 
 def _slide_reader(slide):
     def read(_path):
+        _scale_bar(slide)
         return [slide_layer_data(slide)]
     return read
+
+
+def _scale_bar(slide) -> None:
+    """The scale bar on (µm) the first time a slide with a known MPP is opened in the
+    current viewer (docs/gui.md, "Reading aids")."""
+    from .shown import show_scale_bar
+
+    show_scale_bar(_current_viewer(), slide)
 
 
 def _notifying_reader(exc: MRANError, what: str = "slide"):
@@ -120,6 +129,7 @@ def results_layer_data(result, store_path: str | None = None, viewer=None) -> li
     elif slide_path:
         slide, why = _open_matching_slide(slide_path, result)
         if slide is not None:
+            _scale_bar(slide)
             out.append(slide_layer_data(slide))
             frame = SlideFrame.from_slide(slide)
         else:

@@ -124,7 +124,7 @@ class Run:
                 f"{self.slide_name} {L.ROLES[level]}",
                 {**meta, keys.ROLE: L.ROLES[level], keys.WEIGHTING: Weighting.LOCAL.value},
                 scaling=display.scaling, opacity=display.opacity,
-                visible=(level == Level.PATCH))))
+                visible=(level == Level.PATCH), colormap=display.colormap)))
         top = L.empty_top_bags_data(self.frame, self.bag_px,
                                     f"{self.slide_name} {L.TOP_ROLE}",
                                     {**meta, keys.ROLE: L.TOP_ROLE})
@@ -222,7 +222,7 @@ class Run:
         tuples = L.result_layer_data(
             result, self.frame, slide_name=self.slide_name, weighting=display.weighting,
             scaling=display.scaling, top_k=display.top_k, top_percent=display.top_percent,
-            opacity=display.opacity,
+            opacity=display.opacity, colormap=display.colormap,
             extra_metadata={keys.RESULTS_PATH: saved,
                             keys.SLIDE_PATH: os.path.abspath(self.slide.path)})
         by_role = {kw["metadata"][keys.ROLE]: (data, kw, kind) for data, kw, kind in tuples}

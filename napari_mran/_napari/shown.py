@@ -8,6 +8,7 @@ layers through the functions here.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from napari.layers import Layer
 from ..vocab import LEVELS, Weighting
 from . import keys
 from . import layers as L
+from .colormaps import RAMP_CHOICE, colormap_for
 from .frame import SlideFrame
 from .hover import install_hover
 from .raster import DEFAULT_SCALING, contrast_limits, keep_top_fraction
@@ -30,6 +32,7 @@ class Display:
     top_percent: float = 100.0
     opacity: float = L.DEFAULT_OPACITY
     top_k: int = 10
+    colormap: str = RAMP_CHOICE  # the panel's "Colour map" choice (.colormaps)
 
 
 @dataclass
@@ -68,6 +71,23 @@ class Shown:
 def slide_layers(viewer) -> list:
     """The slide layers of *viewer* (opened by napari-mran's slide reader)."""
     return [ly for ly in viewer.layers if keys.SLIDE in (ly.metadata or {})]
+
+
+#: the viewers whose scale bar napari-mran has turned on once (never again after that:
+#: a user who turns it off keeps it off)
+_SCALE_BAR_SET: weakref.WeakSet = weakref.WeakSet()
+
+
+def show_scale_bar(viewer, slide) -> bool:
+    """Turn on *viewer*'s scale bar (in µm: the slide layer's units) the first time a
+    slide with a known MPP is shown in it; True when it was turned on now."""
+    if viewer is None or getattr(slide, "mpp", None) is None or viewer in _SCALE_BAR_SET:
+        return False
+    _SCALE_BAR_SET.add(viewer)
+    if viewer.scale_bar.visible:
+        return False
+    viewer.scale_bar.visible = True
+    return True
 
 
 def same_file(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
@@ -115,6 +135,7 @@ def apply_display(shown: Shown, display: Display, refresh_data: bool = True
     limits of each level shown."""
     limits: dict[str, tuple[float, float]] = {}
     for level, layer in shown.attention_layers():
+        apply_colormap(layer, level, display.colormap)
         if refresh_data:
             full = shown.result.heatmap(level, display.weighting).data
             layer.data = keep_top_fraction(full, display.top_percent)
@@ -124,6 +145,14 @@ def apply_display(shown: Shown, display: Display, refresh_data: bool = True
                               keys.TOP_PERCENT: float(display.top_percent)}
         limits[level] = tuple(layer.contrast_limits)
     return limits
+
+
+def apply_colormap(layer, level: str, choice: str) -> None:
+    """The colormap of *choice* on an attention *layer* of *level* (nothing when it
+    already has it: setting a colormap rebuilds its texture)."""
+    cmap = colormap_for(level, choice)
+    if layer.colormap.name != getattr(cmap, "name", cmap):
+        layer.colormap = cmap
 
 
 def apply_opacity(shown: Shown, opacity: float) -> None:

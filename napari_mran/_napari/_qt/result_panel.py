@@ -1,21 +1,21 @@
 """The Result tab's display part: the slide prediction, the display controls
-(weighting, colour scale, opacity, top X %, top bags), the colour bars and the
-top-bags table."""
+(weighting, colour scale, colour map, opacity, top X %, top bags), the colour bars with
+units, side by side, and the top-bags table."""
 
 from __future__ import annotations
 
-import numpy as np
+from napari.utils import notifications
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGridLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QPushButton,
     QRadioButton,
     QSlider,
     QSpinBox,
@@ -27,23 +27,15 @@ from qtpy.QtWidgets import (
 
 from ...vocab import COLOUR_SCALINGS, LEVELS, Weighting
 from .. import layers as L
-from ..shown import Display, top_bag_rows
+from ..colormaps import OPAQUE_CHOICES, RAMP_CHOICE, colormap_for, opacity_for
+from ..compare import CompareError, side_by_side
+from ..shown import Display, find_shown, results_in, top_bag_rows
 from ..texts import prediction_html
+from .colorbar import ColorBars
 
 SCALING_LABELS = {"minmax": "min–max of this slide", "percentile": "1–99th percentile",
                   "fixed": "fixed 0–1 (compare slides)"}
 TABLE_HEADER = ("#", "γ", "P(class)", "x, y (px)")
-
-
-def gradient_pixmap(colormap: str, width: int = 140, height: int = 12) -> QPixmap:
-    """A horizontal colour bar (low values left) of a napari colormap."""
-    from napari.utils.colormaps import ensure_colormap
-
-    rgba = ensure_colormap(colormap).map(np.linspace(0.0, 1.0, width))  # (width, 4) float
-    row = (np.clip(rgba[:, :3], 0, 1) * 255).astype(np.uint8)           # (width, 3)
-    rgb = np.ascontiguousarray(np.broadcast_to(row, (height, width, 3)))
-    image = QImage(rgb.tobytes(), width, height, 3 * width, QImage.Format.Format_RGB888)
-    return QPixmap.fromImage(image.copy())
 
 
 class ResultPanel(QWidget):
@@ -58,8 +50,11 @@ class ResultPanel(QWidget):
     #: a row of the top-bags table was chosen (its row number)
     row_chosen = Signal(int)
 
-    def __init__(self, parent=None):
+    def __init__(self, viewer=None, parent=None):
         super().__init__(parent)
+        self._viewer = viewer
+        self._result = None        # the result whose prediction is shown
+        self.compare = None        # the side-by-side state (compare.SideBySide) when on
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
         self.prediction_label = QLabel("No result yet")
@@ -67,7 +62,14 @@ class ResultPanel(QWidget):
         self.prediction_label.setTextFormat(Qt.TextFormat.RichText)
         col.addWidget(self.prediction_label)
         col.addLayout(self._controls())
-        col.addLayout(self._colorbars())
+        self.colorbars = ColorBars({lv: colormap_for(lv) for lv in LEVELS})
+        col.addWidget(self.colorbars)
+        self.compare_btn = QPushButton("Side by side…")
+        self.compare_btn.setCheckable(True)
+        self.compare_btn.setToolTip("This result and another one in two views, with the "
+                                    "same fixed colour scale per level")
+        self.compare_btn.toggled.connect(self._toggle_compare)
+        col.addWidget(self.compare_btn)
         self.colorbar_label = QLabel()
         self.colorbar_label.setWordWrap(True)
         self.colorbar_label.setTextFormat(Qt.TextFormat.RichText)
@@ -98,6 +100,15 @@ class ResultPanel(QWidget):
         self.scaling_combo.currentIndexChanged.connect(lambda *_: self.display_changed.emit())
         form.addRow("Colour scale", self.scaling_combo)
 
+        self.colormap_combo = QComboBox()
+        self.colormap_combo.addItem(f"{RAMP_CHOICE} (default)", RAMP_CHOICE)
+        for name in OPAQUE_CHOICES:
+            self.colormap_combo.addItem(f"{name} (opaque)", name)
+        self.colormap_combo.setToolTip("Translucent ramp: low values leave the tissue "
+                                       "visible, high values tint it")
+        self.colormap_combo.currentIndexChanged.connect(self._on_colormap)
+        form.addRow("Colour map", self.colormap_combo)
+
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(int(L.DEFAULT_OPACITY * 100))
@@ -120,27 +131,6 @@ class ResultPanel(QWidget):
         self.top_k.valueChanged.connect(self.top_k_changed.emit)
         form.addRow("Top bags", self.top_k)
         return form
-
-    def _colorbars(self) -> QGridLayout:
-        # colour bars of the three attention layers (napari's canvas colour-bar overlay
-        # is not used: napari 0.9.2 segfaults drawing after such a layer is removed)
-        grid = QGridLayout()
-        self.colorbars = {}
-        for row, level in enumerate(LEVELS):
-            name = QLabel(L.ROLES[level].replace(" attention", ""))
-            bar = QLabel()
-            bar.setPixmap(gradient_pixmap(L.COLORMAPS[level], 110, 12))
-            bar.setFixedSize(110, 12)
-            bar.setToolTip(f"{L.ROLES[level]}: colormap {L.COLORMAPS[level]}")
-            lo, hi = QLabel("–"), QLabel("–")
-            hi.setAlignment(Qt.AlignmentFlag.AlignRight)
-            grid.addWidget(name, row, 0)
-            grid.addWidget(lo, row, 1)
-            grid.addWidget(bar, row, 2)
-            grid.addWidget(hi, row, 3)
-            grid.setColumnStretch(2, 1)
-            self.colorbars[level] = (bar, lo, hi)
-        return grid
 
     def _table(self) -> QTableWidget:
         table = self.top_table = QTableWidget(0, len(TABLE_HEADER))
@@ -165,7 +155,8 @@ class ResultPanel(QWidget):
     def display(self) -> Display:
         return Display(weighting=self.weighting(), scaling=self.scaling_combo.currentData(),
                        top_percent=float(self.top_percent.value()),
-                       opacity=self.opacity_slider.value() / 100.0, top_k=self.top_k.value())
+                       opacity=self.opacity_slider.value() / 100.0, top_k=self.top_k.value(),
+                       colormap=self.colormap_combo.currentData())
 
     def bag_of_row(self, row: int) -> int | None:
         """The bag index shown in *row* of the top-bags table, or None."""
@@ -176,21 +167,24 @@ class ResultPanel(QWidget):
     # ------------------------------------------------------------------ showing
     def set_editable(self, on: bool) -> None:
         for w in (self.weight_local, self.weight_global, self.scaling_combo,
-                  self.opacity_slider, self.top_percent, self.top_k, self.top_table):
+                  self.colormap_combo, self.opacity_slider, self.top_percent, self.top_k,
+                  self.top_table, self.compare_btn):
             w.setEnabled(on)
 
     def show_prediction(self, result) -> None:
         self.prediction_label.setText(prediction_html(result))
+        self._result = result
         self.set_editable(True)
+        self.track_layers()
 
     def show_limits(self, limits: dict[str, tuple[float, float]]) -> None:
-        """The contrast limits of the levels in *limits* under their colour bars."""
-        for level, (lo, hi) in limits.items():
-            _bar, lo_label, hi_label = self.colorbars[level]
-            lo_label.setText("–" if lo is None else f"{lo:.3g}")
-            hi_label.setText("–" if hi is None else f"{hi:.3g}")
+        """The contrast limits of the levels in *limits* beside their colour bars."""
+        self.colorbars.show_limits(limits)
 
     def show_caption(self) -> None:
+        self.colorbars.set_weighting(self.weighting())
+        self.colorbars.set_colormaps({lv: colormap_for(lv, self.colormap_combo.currentData())
+                                      for lv in LEVELS})
         self.colorbar_label.setText(
             f"<small>{self.scaling_combo.currentText()}, {self.weighting()} weighting; "
             "no colour = no tissue analysed.</small>")
@@ -216,4 +210,65 @@ class ResultPanel(QWidget):
         self.prediction_label.setText("No result shown")
         self.top_table.setRowCount(0)
         self.colorbar_label.setText("")
+        self._result = None
+        self.compare_btn.setChecked(False)
+        self.colorbars.track({})
         self.set_editable(False)
+
+    # ------------------------------------------------------------------ viewer
+    def viewer(self):
+        """The viewer of the results (given, else napari's current one)."""
+        if self._viewer is None:
+            import napari
+
+            self._viewer = napari.current_viewer()
+        return self._viewer
+
+    def track_layers(self) -> None:
+        """The colour bars follow the attention layers of the shown result."""
+        viewer = self.viewer()
+        shown = None if viewer is None or self._result is None else \
+            find_shown(viewer, self._result)
+        self.colorbars.track(dict(shown.attention_layers()) if shown else {})
+
+    def _on_colormap(self, *_args) -> None:
+        """A new colour map: its usual opacity (1.0 for the ramp, 0.6 opaque ones)."""
+        self.opacity_slider.setValue(int(round(opacity_for(
+            self.colormap_combo.currentData()) * 100)))
+        self.display_changed.emit()
+
+    # ------------------------------------------------------------------ side by side
+    def _toggle_compare(self, on: bool) -> None:
+        if not on:
+            if self.compare is not None:
+                self.compare.restore()
+                self.compare = None
+            return
+        try:
+            self.compare = self._start_compare()
+        except CompareError as exc:
+            notifications.show_warning(f"napari-mran: side by side: {exc}")
+            self.compare = None
+        if self.compare is None:
+            self.compare_btn.blockSignals(True)
+            self.compare_btn.setChecked(False)
+            self.compare_btn.blockSignals(False)
+        else:
+            self.show_limits(self.compare.limits)
+
+    def _start_compare(self):
+        viewer = self.viewer()
+        if viewer is None or self._result is None:
+            return None
+        others = [r for r in results_in(viewer) if r is not self._result]
+        if not others:
+            raise CompareError("open a second result (a .mran.zarr store or another run)")
+        other = others[0]
+        if len(others) > 1:
+            names = [f"{i + 1}: {r.slide_name}" for i, r in enumerate(others)]
+            name, ok = QInputDialog.getItem(self, "Side by side", "Compare with", names,
+                                            0, False)
+            if not ok:
+                return None
+            other = others[names.index(name)]
+        return side_by_side(viewer, self._result, other)

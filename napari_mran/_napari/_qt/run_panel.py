@@ -23,6 +23,7 @@ from .. import layers as L
 from .. import texts
 from ..jobs import Outcome, Saving, analysis_job
 from ..run import Run, RunState
+from ..shown import show_scale_bar
 from .perf import GcPause, in_turns
 
 REPAINT_INTERVAL_MS = 200
@@ -85,6 +86,7 @@ class RunPanel(QWidget):
         """Create the (empty) result layers, one per event-loop turn, then run
         analyze_slide in a worker thread."""
         run = Run(self.viewer, slide_layer, model, options)
+        show_scale_bar(self.viewer, run.slide)
         run.worker = worker = create_worker(
             analysis_job, run.slide, model, options, run.cancel_event, folder,
             leave_one_core=True, _ignore_errors=True)
