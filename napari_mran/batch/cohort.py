@@ -28,6 +28,7 @@ from .worker import TaskSpec
 
 if TYPE_CHECKING:
     from ..model import MRAN
+    from ..roi import Region
 
 __all__ = ["PREDICTIONS_NAME", "CohortEvent", "analysis_options", "predict_cohort",
            "run_cohort"]
@@ -70,6 +71,12 @@ class _Run:
     records: dict[int, SlideRecord] = field(default_factory=dict)  # finished, by index
     set_aside: list[dict[str, str]] = field(default_factory=list)
     cluster: str | None = None
+    regions: dict[str, Region] = field(default_factory=dict)  # by absolute slide path
+
+    def slide_options(self, slide: str) -> AnalysisOptions:
+        """The options of one slide: the run's, with the slide's region if it has one."""
+        region = self.regions.get(slide)
+        return self.options if region is None else self.options.replace(roi=region)
 
     @property
     def model_path(self) -> str:
@@ -106,6 +113,7 @@ def predict_cohort(
     resources: dict[str, float] | None = None,
     save_embeddings: bool = True,
     overwrite: bool = False,
+    regions: dict[str, Region] | None = None,
     **legacy_kwargs: Any,
 ) -> Generator[CohortEvent, None, dict[str, Any]]:
     """Predict every slide into ``<out_dir>``; a generator of events returning a summary.
@@ -133,6 +141,9 @@ def predict_cohort(
         ``evaluate`` re-run the slide-level branch without re-reading).
     overwrite : replace valid stores made by another model/options/slide file and a
         foreign ``predictions.csv``.  Foreign folders at store names are never replaced.
+    regions : {slide path: :class:`~napari_mran.roi.Region`}: analyse only the bags of
+        that slide inside its region (:func:`~napari_mran.batch.regions.regions_from_dir`);
+        a slide's region is part of its options key.  Slides not named: whole.
 
     Yields :class:`CohortEvent`; returns ``{"out_dir", "predictions_csv", "manifest",
     "model_sha256", "model_is_demo", "n_slides", "done", "skipped", "failed",
@@ -146,10 +157,11 @@ def predict_cohort(
     t0 = time.perf_counter()
     opts = fold_options(options, legacy_kwargs)
     run = _start(slides, model, out_dir, opts, workers)
+    run.regions = {os.path.abspath(k): v for k, v in (regions or {}).items()}
     lock = OutputLock(run.out, "napari-mran predict").acquire()
     try:
         run.statuses = [store_status(run.out / n, model_sha256=run.model_sha,
-                                     options=run.key, slide=s)
+                                     options=run.slide_options(s).key(), slide=s)
                         for s, n in zip(run.slides, run.names)]
         _refuse_clashes(run, overwrite)
         _plan(run, save_embeddings=save_embeddings)
@@ -232,11 +244,12 @@ def _plan(run: _Run, *, save_embeddings: bool) -> None:
                 raise ResultsError(f"{store}: cannot move the invalid store aside: "
                                    f"{os_reason(exc)}") from None
             run.set_aside.append({"store": n, "moved_to": moved.name, "reason": why})
+        opts = run.slide_options(s)
         run.specs.append(TaskSpec(
             index=i, slide=s, store=n, store_path=str(store), model_path=run.model_path,
-            model_sha256=run.model_sha, options=run.options,
+            model_sha256=run.model_sha, options=opts,
             save_embeddings=bool(save_embeddings), replace=st == "different",
-            cohort_block={"model_sha256": run.model_sha, "options": run.key, "store": n,
+            cohort_block={"model_sha256": run.model_sha, "options": opts.key(), "store": n,
                           "slide_name": os.path.basename(s)}))
 
 

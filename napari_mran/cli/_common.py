@@ -123,6 +123,41 @@ ANALYSIS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
+#: the region-of-interest options (docs/roi.md): analyze adds --roi, predict --roi-dir
+ROI_CLASS_OPTION: tuple[tuple[str, ...], dict[str, Any]] = (
+    ("--roi-class",), dict(action="append", default=None, metavar="NAME",
+                           help="only annotations of this QuPath class (repeatable, or a "
+                                "comma-separated list; '(unclassified)' for unclassified "
+                                "ones)"))
+
+
+def add_roi_options(p: argparse.ArgumentParser, *, per_slide: bool) -> None:
+    """``--roi FILE`` (analyze) or ``--roi-dir DIR`` + ``--roi-missing`` (predict), and
+    ``--roi-class``."""
+    g = p.add_argument_group("region of interest (docs/roi.md)")
+    if per_slide:
+        g.add_argument("--roi-dir", default=None, metavar="DIR",
+                       help="analyse each slide only inside DIR/<slide stem>.geojson (or "
+                            ".json): QuPath annotations in level-0 pixels")
+        g.add_argument("--roi-missing", choices=("error", "whole"), default="error",
+                       help="a slide without a region file: error (default, before any "
+                            "slide is analysed) or whole (analyse it whole)")
+    else:
+        g.add_argument("--roi", default=None, metavar="FILE",
+                       help="analyse only the bags inside the region: a GeoJSON file of "
+                            "polygons in level-0 pixels (QuPath's annotation export)")
+    add_options(g, [ROI_CLASS_OPTION])
+
+
+def roi_classes(args: argparse.Namespace) -> list[str]:
+    """``--roi-class`` values, commas split; an error when given without a region."""
+    given = [c.strip() for v in (getattr(args, "roi_class", None) or []) for c in v.split(",")]
+    given = [c for c in given if c]
+    if given and not (getattr(args, "roi", None) or getattr(args, "roi_dir", None)):
+        raise UsageError("--roi-class needs --roi FILE (analyze) or --roi-dir DIR (predict)")
+    return given
+
+
 def add_options(p: Any, options: list[tuple[tuple[str, ...], dict[str, Any]]]) -> None:
     """Add (flags, keywords) option definitions to a parser or argument group."""
     for flags, kwargs in options:

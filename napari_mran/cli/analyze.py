@@ -11,8 +11,8 @@ from typing import Any
 
 from ..vocab import store_names
 from ._common import (DEMO_NOTE, Progress, UsageError, add_analysis_options, add_model,
-                      add_output_options, analysis_options, drain, make_out_dir, model_spec,
-                      print_json)
+                      add_output_options, add_roi_options, analysis_options, drain,
+                      make_out_dir, model_spec, print_json, roi_classes)
 
 EXPORTS = ("geojson", "csv", "ome-tiff", "ome-zarr", "provenance", "overview")
 DEFAULT_EXPORTS = "geojson,csv,provenance,overview"
@@ -30,6 +30,7 @@ def register(sub) -> None:
                    help=f"comma-separated subset of {','.join(EXPORTS)} ('' for none; "
                         f"default {DEFAULT_EXPORTS})")
     add_analysis_options(p)
+    add_roi_options(p, per_slide=False)
     add_output_options(p, overwrite_help="replace outputs of an earlier run")
     p.set_defaults(run=run)
 
@@ -115,14 +116,16 @@ def run(args: argparse.Namespace) -> int:
     from ..slide import open_slide
 
     spec = model_spec(args)
-    options = analysis_options(args)
+    options = _with_region(analysis_options(args), args)
     plans = _plans(args)
     # every precondition before the first bag is read or the folder is made: outputs,
     # model, slides (opening one only reads its structure and metadata), folder
     check_targets([p for _, t in plans for p in target_paths(t).values()], args.overwrite)
     model = load_model(spec)
     for path, _ in plans:
-        open_slide(path, mpp=options.mpp).close()
+        with open_slide(path, mpp=options.mpp) as slide:
+            if options.roi is not None:  # a region that cannot be this slide's: now
+                options = options.replace(roi=options.roi.check_slide(*slide.dimensions))
     make_out_dir(Path(args.out))
     progress = Progress(args.quiet)
     summaries = [_analyze_one(path, targets, model, options, args, progress)
@@ -130,6 +133,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"slides": summaries})
     return 1 if any(s["degraded"] for s in summaries) else 0
+
+
+def _with_region(options: Any, args: argparse.Namespace) -> Any:
+    """The options with ``--roi`` (read and checked now: a bad file is exit 2)."""
+    from ..roi import read_geojson
+
+    classes = roi_classes(args)
+    if not args.roi:
+        return options
+    if len(args.slides) > 1:
+        raise UsageError("--roi FILE is the region of one slide; give one slide, or use "
+                         "`napari-mran predict --roi-dir DIR` for many")
+    return options.replace(roi=read_geojson(args.roi, classes))
 
 
 def _analyze_one(path: str, targets: dict[str, Any], model: Any, options: Any,
@@ -165,12 +181,18 @@ def _summary(path: str, result: Any, model: Any, targets: dict[str, Any],
                "tissue_coverage": tissue.get("coverage"),
                "model": {"path": getattr(model, "checkpoint_path", None), "demo": is_demo},
                "outputs": {k: str(v) for k, v in target_paths(targets).items()}}
+    if result.provenance.get("region"):
+        summary["region"] = {k: v for k, v in result.provenance["region"].items()
+                             if k != "polygons"}
     if is_demo:
         summary["model"]["note"] = DEMO_NOTE
     if not args.json:
         top = max(probs, key=probs.__getitem__)
         cover = tissue.get("coverage")
         covered = "" if cover is None else f", {cover:.0%} of the tissue"
+        region = result.provenance.get("region")
+        if region:
+            covered += f", inside the region of {Path(region['source']).name}"
         print(f"{Path(path).name}: {top} {probs[top]:.3f}; {result.n_bags} bags{covered} "
               f"(edge policy {tissue.get('edge')})" + (" [DEMO MODEL]" if is_demo else "")
               + f"; store {targets['store']}")

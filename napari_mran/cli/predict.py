@@ -9,7 +9,8 @@ from typing import Any
 
 from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Progress, UsageError,
                       add_analysis_options, add_command, add_model, add_output_options,
-                      analysis_options, drain, int_at_least, model_spec, print_json)
+                      add_roi_options, analysis_options, drain, int_at_least, model_spec,
+                      print_json, roi_classes)
 
 DEMO_LINE = "model: DEMO (trained on synthetic slides; not for diagnosis)"
 
@@ -46,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--no-embeddings", action="store_true",
                    help="do not keep the bag embeddings in the stores")
     add_analysis_options(p)
+    add_roi_options(p, per_slide=True)
     add_output_options(p, overwrite_help="replace earlier outputs that were made differently")
     p.set_defaults(run=run)
 
@@ -75,6 +77,24 @@ def report_failures(failed: list[dict[str, Any]]) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def _regions(args: argparse.Namespace) -> dict[str, Any] | None:
+    """{slide: Region} of ``--roi-dir`` (every file read and checked against its slide
+    before the output folder is touched), or None."""
+    from ..batch.regions import regions_from_dir
+    from ..batch.slides import expand_slides
+    from ..slide import open_slide
+
+    classes = roi_classes(args)
+    if not args.roi_dir:
+        return None
+    slides = expand_slides(args.slides)
+    regions = regions_from_dir(args.roi_dir, slides, classes, missing=args.roi_missing)
+    for slide, region in regions.items():
+        with open_slide(slide, mpp=args.mpp) as opened:
+            regions[slide] = region.check_slide(*opened.dimensions)
+    return regions
+
+
 def run(args: argparse.Namespace) -> int:
     from ..cohort import predict_cohort
 
@@ -82,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     options = analysis_options(args)
     if args.workers is None:
         raise UsageError("--workers: expected a number")
+    regions = _regions(args)
     gen = predict_cohort(args.slides, spec, args.out, options, workers=args.workers,
+                         regions=regions,
                          scheduler=args.scheduler,
                          resources={"GPU": 1} if args.gpu_resource else None,
                          save_embeddings=not args.no_embeddings, overwrite=args.overwrite)
