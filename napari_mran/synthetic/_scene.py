@@ -49,10 +49,8 @@ class Scene:
         um = 1.0 / mpp  # px per micrometre
         self.um = um
         cal_x, cal_y = self._make_tissue(rt)
+        self.shift = shift
         self._make_style(rs)
-        self.shift = shift  # after the style: the same seed draws the same slide
-        if shift is not None:
-            self.h_vec, self.e_vec = shift.stain_vectors(self.h_vec, self.e_vec)
 
         # --- nucleus lattice
         self.cell = max(8, int(round(CELL_UM * um)))
@@ -105,7 +103,8 @@ class Scene:
         return cal_x, cal_y
 
     def _make_style(self, rs: np.random.Generator) -> None:
-        """Style: fibre orientation mix, eosin strength, stain jitter, texture offsets."""
+        """Style: fibre orientation mix, eosin strength, stain jitter (and shift), texture
+        offsets."""
         um = self.um
         self.fibre_mix = Waves(rs, 5, (250 * um, 900 * um), 1.0)
         self.eosin_var = Waves(rs, 5, (200 * um, 1200 * um), 1.0)
@@ -114,6 +113,8 @@ class Scene:
         jit = lambda v: (lambda w: w / np.linalg.norm(w))(v * rs.uniform(0.94, 1.06, 3))  # noqa: E731
         self.h_vec = [float(v) for v in jit(_H_VEC)]
         self.e_vec = [float(v) for v in jit(_E_VEC)]
+        if self.shift is not None:  # after every draw: the same seed draws the same slide
+            self.h_vec, self.e_vec = self.shift.stain_vectors(self.h_vec, self.e_vec)
         self.tex = texture_bank(self.mpp, self.tile)
         self.tex_off = [int(v) for v in rs.integers(0, 1 << 20, size=8)]
 

@@ -28,7 +28,7 @@ def _triple(name: str, value: Any) -> tuple[float, float, float]:
                          f"not {value!r}") from None
     if len(out) != 3 or not all(math.isfinite(v) and 0.0 < v <= 4.0 for v in out):
         raise ValueError(f"StainShift.{name} must be three numbers in (0, 4], not {value!r}")
-    return out  # type: ignore[return-value]
+    return out[0], out[1], out[2]
 
 
 @dataclass(frozen=True)
