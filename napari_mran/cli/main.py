@@ -7,10 +7,10 @@ import os
 import sys
 
 from ..errors import MRANError
-from . import analyze, evaluate, export, info, predict, tcga, train
+from . import analyze, evaluate, export, finetune, info, predict, tcga, train
 from ._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser
 
-COMMANDS = (info, analyze, export, train, predict, evaluate, tcga)
+COMMANDS = (info, analyze, export, train, finetune, predict, evaluate, tcga)
 
 
 def build_parser() -> argparse.ArgumentParser:
