@@ -1,5 +1,6 @@
 """The Settings tab: how to analyse (device, bag size, tissue, edge bags, input check,
-batch size, torch.compile) and where to save the results store."""
+batch size, torch.compile, the region to analyse inside) and where to save the results
+store."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ TISSUE_LABELS = {TissueMethod.REFERENCE: "reference", TissueMethod.EXACT: "exact
                  TissueMethod.OTSU: "Otsu"}
 EDGE_LABELS = {EdgePolicy.PAD: "pad (whole tissue)", EdgePolicy.DROP: "drop (authors' rule)"}
 COMPILE_CHOICES = (("auto", "auto"), ("on", True), ("off", False))
+WHOLE_SLIDE = "whole slide"
 BAG_UNITS = (("px", "px"), ("µm", "um"))
 
 
@@ -61,6 +63,12 @@ class SettingsPanel(QWidget):
                                    "with white outside the slide; drop = left out, as the "
                                    "MRAN authors did (exact reproduction)")
         form.addRow("Edge bags", self.edge_combo)
+        self.region_combo = QComboBox()
+        self.region_combo.addItem(WHOLE_SLIDE, None)
+        self.region_combo.setToolTip("Analyse only the bags that meet the polygons, "
+                                     "rectangles and ellipses of a Shapes layer drawn on the "
+                                     "slide (docs/roi.md)")
+        form.addRow("Analyse inside", self.region_combo)
         self.allow_check = QCheckBox("analyse input that is not brightfield H&&E")  # (&& shows one &)
         self.allow_check.setToolTip("By default a slide that fails the brightfield H&E check "
                                     "(fluorescence, grey, other stains) is refused; the "
@@ -140,6 +148,23 @@ class SettingsPanel(QWidget):
     def device(self) -> str:
         return self.device_combo.currentData()
 
+    def region_layer(self) -> str | None:
+        """The name of the Shapes layer to analyse inside, or None (whole slide)."""
+        return self.region_combo.currentData()
+
+    def set_region_layers(self, names: list[str]) -> None:
+        """The viewer's Shapes layers changed: one item each; the choice is kept while its
+        layer exists (else back to the whole slide)."""
+        chosen = self.region_layer()
+        self.region_combo.blockSignals(True)
+        self.region_combo.clear()
+        self.region_combo.addItem(WHOLE_SLIDE, None)
+        for name in names:
+            self.region_combo.addItem(name, name)
+        index = self.region_combo.findData(chosen) if chosen in names else 0
+        self.region_combo.setCurrentIndex(max(0, index))
+        self.region_combo.blockSignals(False)
+
     def save_folder(self, slide_path: str) -> Path | None:
         """Where to save the results store, or None when saving is off."""
         if not self.save_check.isChecked():
@@ -181,7 +206,7 @@ class SettingsPanel(QWidget):
     def set_editable(self, on: bool) -> None:
         """Every control on or off (off while an analysis runs)."""
         for w in (self.device_combo, self.bag_px, self.bag_um, self.bag_unit,
-                  self.tissue_combo, self.edge_combo, self.allow_check, self.batch_spin,
+                  self.tissue_combo, self.edge_combo, self.region_combo, self.allow_check, self.batch_spin,
                   self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
             w.setEnabled(on)
 

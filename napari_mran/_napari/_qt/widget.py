@@ -38,9 +38,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...roi import RoiError
 from .. import keys
 from ..hover import install_hover, watch_viewer
 from ..jobs import probe_environment
+from ..roi_layers import shapes_layer_names, with_region
 from ..shown import (
     Shown,
     apply_display,
@@ -82,6 +84,8 @@ class AnalyzeSlideWidget(QWidget):
         ev.removed.connect(self._on_layer_removed)
         ev.inserted.connect(self._refresh_slides)
         ev.removed.connect(self._refresh_slides)
+        ev.inserted.connect(self._refresh_regions)
+        ev.removed.connect(self._refresh_regions)
         self.viewer.layers.selection.events.active.connect(self._on_active_changed)
         watch_viewer(self.viewer)
         self.destroyed.connect(lambda *_: self._cancel_silently())
@@ -91,6 +95,7 @@ class AnalyzeSlideWidget(QWidget):
 
         install_gl_guard()  # (also done on plugin activation; idempotent)
         self._refresh_slides()
+        self._refresh_regions()
         self._adopt_existing_results()
         # pre-warm while the viewer is idle (docs/gui.md, Responsiveness)
         self.warmed_up = False
@@ -254,7 +259,17 @@ class AnalyzeSlideWidget(QWidget):
             notifications.show_error("napari-mran: a bag size in µm needs the slide's MPP, "
                                      "which is unknown")
             return
+        try:  # "Analyse inside": a Shapes layer's region (docs/roi.md)
+            options = with_region(options, self.viewer.layers, self.settings.region_layer(),
+                                  slide_layer)
+        except RoiError as exc:
+            notifications.show_error(f"napari-mran: {exc}")
+            return
         self.runner.start(slide_layer, model, options, self.settings.save_folder(slide.path))
+
+    def _refresh_regions(self, *_args) -> None:
+        """The "Analyse inside" choices: the viewer's Shapes layers (docs/roi.md)."""
+        self.settings.set_region_layers(shapes_layer_names(self.viewer.layers))
 
     def cancel_analysis(self) -> None:
         """Cancel button: stop after the current batch; the half layers are removed."""
