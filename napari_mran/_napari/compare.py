@@ -38,7 +38,7 @@ class SideBySide:
         if not self.active:
             return
         self.active = False
-        grid = self.viewer.grid
+        grid = grid_of(self.viewer)
         grid.enabled, grid.stride, grid.shape = self.grid
         layers = self.viewer.layers
         _reorder(layers, [ly for ly in self.order if ly in layers])
@@ -48,6 +48,12 @@ class SideBySide:
         for layer, was in self.visible.values():
             if layer in layers:
                 layer.visible = was
+
+
+def grid_of(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    return getattr(canvas, "grid", None) or viewer.grid
 
 
 def _group(viewer, result) -> list:
@@ -91,7 +97,7 @@ def side_by_side(viewer, left, right) -> SideBySide:
         raise CompareError("choose two different results to compare")
     groups = [_group(viewer, left), _group(viewer, right)]
     layers = viewer.layers
-    grid = viewer.grid
+    grid = grid_of(viewer)
     state = SideBySide(viewer, groups, shared_limits(groups), order=list(layers),
                        grid=(grid.enabled, grid.stride, tuple(grid.shape)))
     ours = [ly for g in groups for ly in g]
