@@ -180,7 +180,7 @@ def test_close_reopen_export_and_cohort_row(make_napari_viewer, qtbot, tmp_path,
     viewer.layers.clear()
     panel.set_shown(_open(viewer, store))
     data = panel.layer.data
-    assert (data[0:8, 0:8] == 3).all() and data[15, 31] == 1 and (data[8:16, 16:24] == 1).all()
+    assert (data[0:8, 0:8] == 3).all() and data[7, 31] == 1 and (data[8:16, 16:24] == 1).all()
     assert panel.session.reviews.counts()["marks"] == 3 and not panel.session.reviews.dirty
     out = export_reviews(shown.result, tmp_path / "marks.geojson", store=store, format="geojson")
     fc = json.loads(out.read_text())
