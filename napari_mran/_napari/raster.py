@@ -23,15 +23,24 @@ def empty_raster(level: str, slide_size: tuple[int, int], bag_px: int) -> np.nda
 
 
 def paint_batch(rasters: dict[str, np.ndarray], bag_px: int, boxes: np.ndarray,
-                patch_attention: np.ndarray, cell_attention: np.ndarray) -> None:
+                patch_attention: np.ndarray, cell_attention: np.ndarray,
+                cell_shown: np.ndarray | None = None,
+                slide_size: tuple[int, int] | None = None) -> None:
     """Paint the local patch (alpha) and cell (beta) attention of finished bags in place.
 
-    ``boxes`` (n, 4) level-0; ``patch_attention`` (n, 64); ``cell_attention`` (n, 64, 16).
-    The layout is that of :meth:`SlideResult.heatmap` (tested to be identical).
+    ``boxes`` (n, 4) level-0; ``patch_attention`` (n, 64); ``cell_attention`` (n, 64, 16);
+    ``cell_shown`` (n, 64, 16) the shown (tissue) cells of those bags, when known: the
+    others stay NaN (a patch with no shown cell too); pixels wholly past the slide's edge
+    (*slide_size* = width, height) stay NaN.  The layout and the NaN are those of
+    :meth:`SlideResult.heatmap` (tested to be identical).
     """
     boxes = np.asarray(boxes).reshape(-1, 4)
     if not len(boxes):
         return
+    if cell_shown is not None:
+        shown = np.asarray(cell_shown, bool).reshape(-1, 64, 16)
+        patch_attention = np.where(shown.any(axis=2), patch_attention, np.nan)
+        cell_attention = np.where(shown, cell_attention, np.nan)
     rc = np.stack([boxes[:, 1], boxes[:, 0]], axis=1) // int(bag_px)  # (n, 2) bag row, col
     p, c = PATCHES_PER_SIDE, CELLS_PER_PATCH_SIDE
     if Level.PATCH in rasters:
@@ -47,6 +56,11 @@ def paint_batch(rasters: dict[str, np.ndarray], bag_px: int, boxes: np.ndarray,
         out = rasters[Level.CELL]
         for (r, col), t in zip(rc, tiles):
             out[r * k:(r + 1) * k, col * k:(col + 1) * k] = t
+    if slide_size is not None:
+        for level, out in rasters.items():
+            step = bag_px / PIXELS_PER_BAG[level]
+            out[np.arange(out.shape[0]) * step >= slide_size[1], :] = np.nan
+            out[:, np.arange(out.shape[1]) * step >= slide_size[0]] = np.nan
 
 
 def contrast_limits(data: np.ndarray, scaling: str = DEFAULT_SCALING) -> tuple[float, float]:

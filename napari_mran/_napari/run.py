@@ -81,6 +81,7 @@ class Run:
         self.rasters: dict[str, np.ndarray] = {}             # level -> raster
         self.box_index: dict[tuple[int, int], int] = {}      # bag (x0, y0) -> tissue bag
         self.colors: np.ndarray | None = None                # tissue-bag outlines
+        self.cell_shown: np.ndarray | None = None            # (N, 64, 16) tissue cells
         self.bags_done = 0
         self.dirty = False                                   # painted since last repaint
 
@@ -143,9 +144,11 @@ class Run:
         self.viewer.layers.append(layer)
 
     # ------------------------------------------------------------ progressive painting
-    def on_tissue(self, boxes: np.ndarray) -> None:
-        """The tissue bags are known: show them (pending) and index them."""
+    def on_tissue(self, boxes: np.ndarray, cell_shown: np.ndarray | None = None) -> None:
+        """The tissue bags are known: show them (pending) and index them; *cell_shown*
+        (N, 64, 16): their tissue cells, when the analysis tells (painted alone)."""
         boxes = np.asarray(boxes).reshape(-1, 4)
+        self.cell_shown = None if cell_shown is None else np.asarray(cell_shown, bool)
         n = len(boxes)
         if n == 0:
             return
@@ -174,8 +177,11 @@ class Run:
         :meth:`repaint`); returns the number of bags done before it."""
         new = event.new
         if new is not None and self.rasters:
+            shown = None
+            if self.cell_shown is not None and len(self.cell_shown):
+                shown = self.cell_shown[np.asarray(new.indices, np.int64)]
             paint_batch(self.rasters, self.bag_px, new.boxes, new.patch_attention,
-                        new.cell_attention)
+                        new.cell_attention, shown, self.slide_size)
             for box in np.asarray(new.boxes).reshape(-1, 4):
                 i = self.box_index.get((int(box[0]), int(box[1])))
                 if i is not None and self.colors is not None:
@@ -215,17 +221,25 @@ class Run:
             if ly in self.viewer.layers:
                 ly.visible = was_visible
 
-    def finish_steps(self, result, saved: str | None, display: Display,
-                     show: Callable[[Shown], None]) -> list[Callable[[], None]]:
-        """The final layer updates, one callable per event-loop turn; the last hands the
-        result to *show* (its layers already show it) and makes the patch layer active."""
+    def finish_data(self, result, saved: str | None, display: Display) -> dict:
+        """role -> layer-data tuple of the final layers (heatmaps, rasters, limits): no
+        viewer access, so a worker thread can build it off the event loop."""
         tuples = L.result_layer_data(
             result, self.frame, slide_name=self.slide_name, weighting=display.weighting,
             scaling=display.scaling, top_k=display.top_k, top_percent=display.top_percent,
             opacity=display.opacity, colormap=display.colormap,
             extra_metadata={keys.RESULTS_PATH: saved,
                             keys.SLIDE_PATH: os.path.abspath(self.slide.path)})
-        by_role = {kw["metadata"][keys.ROLE]: (data, kw, kind) for data, kw, kind in tuples}
+        return {kw["metadata"][keys.ROLE]: (data, kw, kind) for data, kw, kind in tuples}
+
+    def finish_steps(self, result, saved: str | None, display: Display,
+                     show: Callable[[Shown], None], by_role: dict | None = None
+                     ) -> list[Callable[[], None]]:
+        """The final layer updates, one callable per event-loop turn; the last hands the
+        result to *show* (its layers already show it) and makes the patch layer active.
+        *by_role*: :meth:`finish_data`, when already built (in a worker)."""
+        if by_role is None:
+            by_role = self.finish_data(result, saved, display)
 
         def show_top_bags():
             layer = self.layers.get(L.TOP_ROLE)

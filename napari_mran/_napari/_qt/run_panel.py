@@ -188,7 +188,7 @@ class RunPanel(QWidget):
             pbar.set_description(f"MRAN {run.slide_name}")
             if not run.state.live:
                 return
-        run.on_tissue(event.tissue_boxes)
+        run.on_tissue(event.tissue_boxes, getattr(event, "cell_tissue", None))
 
     def paint_progress(self) -> None:
         """Show what the running analysis painted since the last call."""
@@ -226,9 +226,23 @@ class RunPanel(QWidget):
             return
         run.state = RunState.ENDING
         self._repaint_timer.stop()  # from here on the layers show the final result
+        display = self._display()
+        # the final rasters and limits are built in a thread, off the event loop
+        builder = create_worker(run.finish_data, outcome.result, outcome.saved, display,
+                                _ignore_errors=True)
+        builder.returned.connect(lambda by_role: self._show_steps(run, outcome, display,
+                                                                  by_role))
+        builder.errored.connect(lambda exc: run.state is RunState.ENDING
+                                and self._finish_failed(run, exc))
+        builder.start()
+
+    def _show_steps(self, run: Run, outcome: Outcome, display, by_role: dict) -> None:
+        """Update the run's layers with the final result, one step per event-loop turn."""
+        if run.state is not RunState.ENDING:
+            return
         try:
-            steps = run.finish_steps(outcome.result, outcome.saved, self._display(),
-                                     self._show)
+            steps = run.finish_steps(outcome.result, outcome.saved, display, self._show,
+                                     by_role)
         except Exception as exc:  # noqa: BLE001 - keep the viewer consistent
             self._finish_failed(run, exc)
             return
