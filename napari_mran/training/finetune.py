@@ -262,7 +262,8 @@ def _downstream(r: _Run, emb: dict[int, np.ndarray], epoch: int) -> float | None
     losses = []
     for k in np.random.default_rng([r.cfg.seed, epoch, 2]).permutation(labelled):
         so = r.model.forward_slide(torch.from_numpy(emb[int(k)]).to(r.dev))
-        loss = downstream_loss(so, r.slides[int(k)].slide_label, 1.0, r.cfg.lam, r.class_w)
+        label = int(r.slides[int(k)].slide_label)  # type: ignore[arg-type]
+        loss = downstream_loss(so, label, 1.0, r.cfg.lam, r.class_w)
         r.opt_down.zero_grad(set_to_none=True)
         loss.backward()
         r.opt_down.step()
@@ -301,7 +302,7 @@ def _prepare(model_path: Any, stores: list, cfg: FinetuneConfig, labels_csv: Any
     slides = reviewed_slides(stores, base.config, base.checkpoint_sha256,
                              allow_other_model=cfg.allow_other_model)
     if labels_csv is not None:
-        attach_slide_labels(slides, labels_csv, slides_dir, list(base.config.class_names))
+        attach_slide_labels(slides, labels_csv, slides_dir, list(base.config.class_names or ()))
     doc = {"config": asdict(cfg), "inputs": _inputs(base.checkpoint_sha256, slides, labels_csv),
            "base_model": str(model_path),
            "labels_csv": None if labels_csv is None else str(labels_csv)}
