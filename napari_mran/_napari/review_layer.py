@@ -3,8 +3,8 @@
 The layer ``"<slide> review marks"`` is a raster at patch resolution over the bag grid
 (8 x 8 px per bag), placed like the patch-attention layer.  Its values: 0 no mark,
 1 agree, 2 disagree, 3 + i the class label ``class_names[i]``; a fixed colour per value
-(those of the reviews export).  A bag mark fills its bag's 8 x 8 px, a patch mark its
-one pixel, drawn over its bag's mark.
+(agree / disagree: those of the reviews export; labels: :data:`LABEL_COLORS`).  A bag
+mark fills its bag's 8 x 8 px, a patch mark its one pixel, drawn over its bag's mark.
 
 :class:`ReviewSession` keeps a :class:`~napari_mran.review.Reviews` (the truth) and
 its layer in step: a paint / fill / erase stroke on the layer becomes marks (``"bag"``
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_file
-from ..export.geojson import DEFAULT_CLASS_COLORS
 from ..export.reviews import MARK_COLORS
 from ..results.schema import PATCHES_PER_SIDE
 from ..review import Reviews, default_reviewer
@@ -42,6 +41,11 @@ AGREE, DISAGREE, FIRST_LABEL = 1, 2, 3
 #: what a click or a stroke marks
 MODES = ("bag", "patch")
 K = PATCHES_PER_SIDE  # raster px per bag side
+#: colours of label values (class i: LABEL_COLORS[i % 8]): none near the agree green or the
+#: disagree red, so a label never looks like agree/disagree (the export colours labels
+#: by the class's QuPath colour instead)
+LABEL_COLORS = ((40, 110, 255), (255, 160, 0), (170, 60, 230), (0, 200, 210),
+                (240, 220, 0), (255, 0, 200), (140, 90, 40), (150, 150, 150))
 #: layer metadata key: this layer is a review-marks layer (value: the store path)
 REVIEW_KEY = "mran_review_marks"
 
@@ -78,7 +82,7 @@ def legend(class_names: list[str]) -> list[tuple[int, str, tuple[float, float, f
            (DISAGREE, "Disagree", rgba(MARK_COLORS["disagree"]))]
     for i, name in enumerate(class_names):
         out.append((FIRST_LABEL + i, f"Label: {name}",
-                    rgba(DEFAULT_CLASS_COLORS[i % len(DEFAULT_CLASS_COLORS)])))
+                    rgba(LABEL_COLORS[i % len(LABEL_COLORS)])))
     return out
 
 
