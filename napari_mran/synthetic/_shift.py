@@ -79,8 +79,8 @@ class StainShift:
 
 #: named presets: "scanner-b" is a second lab and scanner (docs/synthetic.md)
 STAIN_SHIFTS: dict[str, StainShift] = {
-    "scanner-b": StainShift(hematoxylin=(0.55, 0.85, 1.05), eosin=(1.35, 0.9, 0.7),
-                            brightness=1.02, tint=(1.0, 0.97, 1.02), blur=1.0,
+    "scanner-b": StainShift(hematoxylin=(0.45, 0.8, 1.1), eosin=(1.6, 1.0, 0.6),
+                            brightness=1.0, tint=(1.0, 0.95, 1.0), blur=2.0,
                             name="scanner-b"),
 }
 
