@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MRANError, OutputExistsError, ResultsError
 from ..inference.options import AnalysisOptions
+from ..results.store import reviews_reason
 from .common import fold_options, os_reason
 from .executors import default_workers, run_distributed, run_in_process
 from .lock import OutputLock, prepare_out_dir
@@ -223,6 +224,8 @@ def _refuse_clashes(run: _Run, overwrite: bool) -> None:
             problems.append(f"{out / n}: {why}; it is never replaced (move it away)")
         elif st == "different" and not overwrite:
             problems.append(f"{out / n}: {why} (pass overwrite to replace it)")
+        elif st == "different" and (marks := reviews_reason(out / n)):
+            problems.append(f"{out / n}: {marks}")
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
         raise OutputExistsError("refusing to write into the output folder:\n  "

@@ -64,6 +64,7 @@ def check_targets(paths, overwrite: bool) -> None:
     from ..errors import OutputExistsError
     from ..export.heatmaps import ome_zarr_replace_check
     from ..results import verify_store
+    from ..results.store import reviews_reason
 
     existing = [Path(p) for p in paths if os.path.lexists(p)]
     if existing and not overwrite:
@@ -73,7 +74,7 @@ def check_targets(paths, overwrite: bool) -> None:
     for p in existing:
         name = p.name.lower()
         if name.endswith(".mran.zarr"):
-            why = verify_store(p)
+            why = verify_store(p) or reviews_reason(p)
         elif name.endswith(".ome.zarr"):
             why = ome_zarr_replace_check(p)
         else:
