@@ -158,3 +158,26 @@ def test_scale_bar_on_once_in_micrometres(make_napari_viewer, qtbot):
     viewer.open(str(sample_slide_path()), plugin="napari-mran")
     assert not viewer.scale_bar.visible
     assert not show_scale_bar(viewer, open_slide(sample_slide_path()))
+
+
+def test_progressive_paint_matches_the_masked_heatmap(cmu_result):
+    """Painting bag by bag with the tissue cells gives SlideResult.heatmap's rasters,
+    background (NaN) cells and pixels past the slide's edge included."""
+    from napari_mran._napari.raster import empty_raster, paint_batch
+
+    r = cmu_result
+    rasters = {lv: empty_raster(lv, tuple(r.slide_size), r.bag_px) for lv in LEVELS[1:]}
+    for i in range(r.n_bags):  # one bag per event, as the widget paints
+        paint_batch(rasters, r.bag_px, r.boxes[i:i + 1], r.patch_attention[i:i + 1],
+                    r.cell_attention[i:i + 1],
+                    None if r.cell_tissue is None else r.cell_tissue[i:i + 1],
+                    tuple(r.slide_size))
+    for lv, raster in rasters.items():
+        want = r.heatmap(lv, "local").data
+        assert np.array_equal(np.isnan(raster), np.isnan(want))
+        assert np.allclose(np.nan_to_num(raster), np.nan_to_num(want), atol=1e-6)
+    if r.cell_tissue is not None and not r.cell_tissue.all():
+        # the background cells of tissue bags stay uncoloured: more NaN than unmasked
+        plain = {Level.CELL: empty_raster(Level.CELL, tuple(r.slide_size), r.bag_px)}
+        paint_batch(plain, r.bag_px, r.boxes, r.patch_attention, r.cell_attention)
+        assert np.isnan(rasters[Level.CELL]).sum() > np.isnan(plain[Level.CELL]).sum()
