@@ -36,16 +36,23 @@ def in_turns(steps, then=None) -> None:
 
 
 def prewarm_layer_types() -> None:
-    """Build one throw-away Points and Shapes layer while the viewer is idle.
+    """Build one throw-away Points, Shapes and attention Image layer (with each of our
+    ramps) while the viewer is idle.
 
     The first of each in a process costs ~0.35 s (module set-up), which would otherwise
-    block the viewer when an analysis creates its layers.
+    block the viewer when an analysis creates its layers.  (The ramps themselves are
+    built at import, :mod:`..colormaps`.)
     """
     if _prewarmed["layer types"]:
         return
     _prewarmed["layer types"] = True
-    from napari.layers import Points, Shapes
+    from napari.layers import Image, Points, Shapes
 
+    from ..colormaps import RAMPS
+
+    for ramp in RAMPS.values():
+        Image(np.full((2, 2), np.nan, np.float32), colormap=ramp, contrast_limits=(0, 1),
+              blending="translucent", interpolation2d="nearest")
     Points(np.zeros((1, 2)), symbol="square", face_color="transparent")
     Shapes([np.array([[0.0, 0.0], [1.0, 1.0]])], shape_type="rectangle",
            features={"rank": [1]}, text={"string": "#{rank}"})
