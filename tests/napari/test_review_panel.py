@@ -106,6 +106,10 @@ def test_layer_sits_on_the_patch_grid(make_napari_viewer, tmp_path, folder):
     assert np.allclose(layer.colormap.map(1)[:3], np.array([0, 170, 0]) / 255)
     assert panel.classes.count() == 2 and "Label: tumour" in panel.legend.text()
     assert "A)" in panel.agree.toolTip() and "Shift+P" in panel.patch_mode.toolTip()
+    # hiding the panel (its window closing) saves what is unsaved
+    panel.session.mark_place(4)
+    panel.hide()
+    assert [m.mark for m in Reviews.load(folder / STORE).marks] == ["agree"]
 
 
 def test_click_paint_keys_undo_autosave(make_napari_viewer, qtbot, tmp_path, folder):
@@ -119,6 +123,10 @@ def test_click_paint_keys_undo_autosave(make_napari_viewer, qtbot, tmp_path, fol
     _click_world(viewer, _bag_centre(shown, 5))
     assert rv.mark_at(5).mark == "agree" and (layer.data[8:16, 8:16] == 1).all()
     assert layer.data.sum() == 64
+    _click_world(viewer, _bag_centre(shown, 5))   # the same mark again: cleared
+    assert rv.mark_at(5) is None and not layer.data.any()
+    panel.undo_btn.click()                         # one click = one undo step
+    assert rv.mark_at(5).mark == "agree" and layer.data.sum() == 64
     # D: disagree; a brush stroke anywhere in bag 2 marks bag 2
     _key(viewer, Qt.Key.Key_D)
     assert panel.disagree.isChecked() and layer.selected_label == 2
