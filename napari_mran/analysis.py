@@ -97,7 +97,8 @@ def _bag_px(slide: Slide, model: MRAN, opts: AnalysisOptions) -> int:
     return bag_px
 
 
-def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, workers: int
+def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, workers: int,
+                           model: MRAN | None = None
                            ) -> tuple[TissueBags, dict[str, Any], Any, dict[str, Any]]:
     """The brightfield check (refuses unless overridden), the tissue bags (inside the
     region, if any) with their shown cells, and the stain normalisation fitted on the
@@ -114,7 +115,9 @@ def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, wor
                               workers=workers, edge=opts.edge, lowres=lowres, region=opts.roi)
     tissue.cell_tissue = cell_tissue(lowres, tissue.boxes, bag_px, opts.tissue_method,
                                      slide.dimensions, opts.roi)
-    stain, stain_info = slide_stain(opts.stain_normalize, lowres[0], lowres[1])
+    stain, stain_info = slide_stain(opts.stain_normalize, lowres[0], lowres[1],
+                                    getattr(model, "stain_reference", None),
+                                    user=opts.stain_reference)
     return tissue, check.provenance(overridden=opts.allow_non_brightfield), stain, stain_info
 
 
@@ -274,7 +277,8 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     amp_policy(opts.amp, dev)  # an unusable AMP choice fails before any reading
     workers = opts.num_workers or min(8, os.cpu_count() or 2)
     t0 = time.perf_counter()
-    tissue, check, stain, stain_info = _check_and_find_tissue(slide, bag_px, opts, workers)
+    tissue, check, stain, stain_info = _check_and_find_tissue(slide, bag_px, opts, workers,
+                                                                  model)
     boxes, n = tissue.boxes, len(tissue.boxes)
     t_tissue = time.perf_counter() - t0
     cover = tissue.parameters.get("tissue_coverage", 1.0)

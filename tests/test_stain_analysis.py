@@ -81,3 +81,39 @@ def test_key_and_cli(slides, tmp_path, capsys):
                  "--stain-normalize", "magic"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--stain-normalize" in err[0]
+
+
+def test_a_user_reference_file(slides, tmp_path, capsys):
+    """``--stain-reference`` (a region saved as PNG): fitted once, used, recorded, in the
+    reuse key; a bad file or a reference without a method is a one-line error, exit 2,
+    before anything is written."""
+    import tifffile
+    from PIL import Image
+
+    from napari_mran._napari.sample_data import sample_slide_path
+    from napari_mran.results import SlideResult
+
+    region = tmp_path / "ref.png"
+    Image.fromarray(tifffile.imread(sample_slide_path())[1000:1600, 1000:1800]).save(region)
+    orig, _ = slides
+    opts = AnalysisOptions(stain_normalize="macenko", stain_reference=str(region))
+    assert opts.key()["stain_reference"] != AnalysisOptions(stain_normalize="macenko").key().get(
+        "stain_reference")
+    with pytest.raises(ValueError, match="stain_normalize"):
+        AnalysisOptions(stain_reference=str(region))
+    out = tmp_path / "o"
+    assert main(["analyze", str(orig), "--model", "demo", "--out", str(out), "--export", "",
+                 "--stain-normalize", "macenko", "--stain-reference", str(region),
+                 "--json", "-q"]) == 0
+    store = json.loads(capsys.readouterr().out)["slides"][0]["outputs"]["store"]
+    info = SlideResult.load(store).provenance["stain_normalization"]
+    assert info["reference_source"] == f"user: {region}"
+    assert info["reference"]["method"] == "macenko"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    for extra in (["--stain-normalize", "macenko", "--stain-reference", str(bad)],
+                  ["--stain-reference", str(region)]):
+        target = tmp_path / "never"
+        assert main(["analyze", str(orig), "--model", "demo", "--out", str(target), *extra]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+        assert len(err) == 1 and "stain" in err[0] and not target.exists(), err

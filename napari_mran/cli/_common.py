@@ -114,9 +114,14 @@ ANALYSIS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                                       help="fail a slide when more than this fraction of its "
                                            "bags cannot be decoded (default 0.1)")),
     (("--stain-normalize",), dict(choices=STAIN_NORMALIZATIONS, default="off",
-                                  help="normalise each bag's stains to the built-in H&E "
-                                       "reference before the model: off (default), macenko, "
-                                       "reinhard (docs/stain.md)")),
+                                  help="normalise each bag's stains before the model: off "
+                                       "(default), macenko, reinhard; to --stain-reference, "
+                                       "else the model's training cohort, else the built-in "
+                                       "H&E reference (docs/stain.md)")),
+    (("--stain-reference",), dict(default=None, metavar="FILE",
+                                  help="the stain reference for --stain-normalize: a JSON "
+                                       "reference, a PNG/JPEG/TIFF region or a slide (its "
+                                       "smallest level)")),
     (("--allow-non-brightfield",), dict(action="store_true",
                                         help="analyse slides that fail the brightfield H&E "
                                              "check (recorded in provenance)")),
@@ -182,6 +187,23 @@ def add_output_options(p: argparse.ArgumentParser, *, overwrite_help: str) -> No
                    help="no progress (failures are still reported)")
 
 
+def _stain_reference(args: argparse.Namespace) -> str | None:
+    """``--stain-reference``, read and fitted now: a bad file is a one-line error before
+    anything is analysed."""
+    path = getattr(args, "stain_reference", None)
+    if path is None:
+        return None
+    if args.stain_normalize == "off":
+        raise UsageError("--stain-reference needs --stain-normalize macenko or reinhard")
+    from ..stain.user import read_stain_reference
+
+    try:
+        read_stain_reference(path, args.stain_normalize)
+    except ValueError as exc:
+        raise UsageError(f"--stain-reference {exc}") from None
+    return str(path)
+
+
 def analysis_options(args: argparse.Namespace) -> Any:
     """The :class:`~napari_mran.inference.AnalysisOptions` of the parsed options."""
     from ..inference import AnalysisOptions
@@ -192,7 +214,8 @@ def analysis_options(args: argparse.Namespace) -> Any:
             "bag_um": args.bag_um, "tissue_method": args.tissue, "edge": args.edge,
             "mpp": args.mpp, "max_failed_fraction": args.max_failed_fraction,
             "allow_non_brightfield": args.allow_non_brightfield,
-            "stain_normalize": args.stain_normalize})
+            "stain_normalize": args.stain_normalize,
+            "stain_reference": _stain_reference(args)})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,16 @@ def _positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a positive number, not {value!r}")
     return v
+
+
+def _reference_digest(path: str, method: str) -> str:
+    """sha256 of the stain reference fitted from *path* (cached per file and method)."""
+    import hashlib
+
+    from ..stain.user import read_stain_reference
+
+    ref = read_stain_reference(path, method).to_dict()
+    return hashlib.sha256(json.dumps(ref, sort_keys=True).encode()).hexdigest()
 
 
 def _amp(value: Any) -> str:
@@ -76,6 +87,9 @@ class AnalysisOptions:
     edge: str = "pad"
     stain_normalize: str = "off"
     roi: Region | None = None  # analyse only the bags meeting this region (docs/roi.md)
+    #: the stain reference file for stain_normalize (docs/stain.md); None: the model's
+    #: training-cohort reference if it has one, else the built-in one
+    stain_reference: str | None = None
     # -- decide whether a slide is analysed at all
     allow_non_brightfield: bool = False
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
@@ -98,6 +112,10 @@ class AnalysisOptions:
         check_choice("edge", self.edge, EDGE_POLICIES)
         check_choice("stain_normalize", self.stain_normalize, STAIN_NORMALIZATIONS)
         set_(self, "tissue_options", dict(self.tissue_options or {}))
+        if self.stain_reference is not None:
+            set_(self, "stain_reference", os.fspath(self.stain_reference))
+            if self.stain_normalize == "off":
+                raise ValueError("stain_reference needs stain_normalize macenko or reinhard")
         if self.roi is not None and not isinstance(self.roi, Region):
             raise ValueError(f"roi must be a napari_mran.roi.Region or None, not "
                              f"{type(self.roi).__name__}")
@@ -132,6 +150,9 @@ class AnalysisOptions:
         raw = {name: getattr(self, name) for name in KEY_FIELDS}
         if self.stain_normalize != "off":  # absent when off: keys of earlier stores hold
             raw["stain_normalize"] = self.stain_normalize
+        if self.stain_reference is not None:  # the fitted reference, not the file name
+            raw["stain_reference"] = _reference_digest(self.stain_reference,
+                                                       self.stain_normalize)
         if self.roi is not None:  # absent without a region: keys of earlier stores hold
             raw["roi"] = self.roi.sha256
         if isinstance(raw["mpp"], tuple):

@@ -216,6 +216,7 @@ class MRAN(nn.Module):
     checkpoint_path: str
     checkpoint_sha256: str
     is_demo: bool
+    stain_reference: dict | None  # the training cohort's stain reference (docs/stain.md)
 
     def __init__(self, config: MRANConfig | None = None) -> None:
         super().__init__()
