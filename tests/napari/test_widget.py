@@ -107,7 +107,8 @@ def test_manifest_contributions():
 
     mf = PluginManifest.from_distribution("napari-mran")
     widgets = {w.display_name: w.command for w in mf.contributions.widgets}
-    assert widgets == {"Analyze slide": "napari-mran.analyze_widget"}
+    assert widgets == {"Analyze slide": "napari-mran.analyze_widget",
+                       "Cohort review": "napari-mran.cohort_widget"}
     assert [m.command for m in mf.contributions.menus["napari/layers/classify"]] == \
         ["napari-mran.analyze_widget"]
     readers = {r.command: r for r in mf.contributions.readers}

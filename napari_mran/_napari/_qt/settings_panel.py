@@ -21,13 +21,15 @@ from qtpy.QtWidgets import (
 )
 
 from ...inference import AnalysisOptions
-from ...vocab import DEVICES, EDGE_POLICIES, TISSUE_METHODS, EdgePolicy, TissueMethod
+from ...vocab import (DEVICES, EDGE_POLICIES, STAIN_NORMALIZATIONS, TISSUE_METHODS,
+                      EdgePolicy, TissueMethod)
 from ..storage import default_results_folder
 
 DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)"}
 TISSUE_LABELS = {TissueMethod.REFERENCE: "reference", TissueMethod.EXACT: "exact (level 0)",
                  TissueMethod.OTSU: "Otsu"}
 EDGE_LABELS = {EdgePolicy.PAD: "pad (whole tissue)", EdgePolicy.DROP: "drop (authors' rule)"}
+STAIN_LABELS = {"off": "off", "macenko": "Macenko", "reinhard": "Reinhard"}
 COMPILE_CHOICES = (("auto", "auto"), ("on", True), ("off", False))
 WHOLE_SLIDE = "whole slide"
 BAG_UNITS = (("px", "px"), ("µm", "um"))
@@ -74,6 +76,16 @@ class SettingsPanel(QWidget):
                                     "(fluorescence, grey, other stains) is refused; the "
                                     "override is recorded in provenance")
         form.addRow("Input check", self.allow_check)
+        self.stain_combo = fill_combo(QComboBox(), STAIN_NORMALIZATIONS, STAIN_LABELS)
+        self.stain_combo.setToolTip("Normalise each bag's stains before the model: to the "
+                                    "reference file below, else the model's training "
+                                    "cohort, else the built-in H&E reference (docs/stain.md)")
+        form.addRow("Stain normalisation", self.stain_combo)
+        self.stain_ref = QLineEdit()
+        self.stain_ref.setPlaceholderText("reference: model's / built-in")
+        self.stain_ref.setToolTip("Optional stain reference: a JSON reference, a PNG/JPEG/"
+                                  "TIFF region or a slide (its smallest level)")
+        form.addRow("", self.stain_ref)
 
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(0, 256)
@@ -135,12 +147,19 @@ class SettingsPanel(QWidget):
     def options(self) -> AnalysisOptions:
         """The analysis options chosen (ValueError naming a bad one)."""
         um = self.bag_unit.currentData() == "um"
+        reference = self.stain_ref.text().strip() or None
+        if reference is not None and self.stain_combo.currentData() != "off":
+            from ...stain.user import read_stain_reference
+
+            read_stain_reference(reference, self.stain_combo.currentData())  # ValueError
         return AnalysisOptions(
             bag_px=None if um else int(self.bag_px.value()),
             bag_um=float(self.bag_um.value()) if um else None,
             tissue_method=self.tissue_combo.currentData(),
             edge=self.edge_combo.currentData(),
             allow_non_brightfield=self.allow_check.isChecked(),
+            stain_normalize=self.stain_combo.currentData(),
+            stain_reference=self.stain_ref.text().strip() or None,
             device=self.device_combo.currentData(),
             batch_size=self.batch_spin.value() or "auto",
             compile=self.compile_combo.currentData())
@@ -206,8 +225,8 @@ class SettingsPanel(QWidget):
     def set_editable(self, on: bool) -> None:
         """Every control on or off (off while an analysis runs)."""
         for w in (self.device_combo, self.bag_px, self.bag_um, self.bag_unit,
-                  self.tissue_combo, self.edge_combo, self.region_combo, self.allow_check, self.batch_spin,
-                  self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
+                  self.tissue_combo, self.edge_combo, self.region_combo, self.allow_check,
+                  self.stain_combo, self.stain_ref, self.batch_spin, self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
             w.setEnabled(on)
 
     def _on_bag_unit(self, *_args) -> None:

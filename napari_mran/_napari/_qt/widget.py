@@ -59,6 +59,7 @@ from .gl_guard import install as install_gl_guard
 from .model_picker import ModelPicker
 from .perf import glyph_prewarm_steps, in_turns, prewarm_layer_types
 from .result_panel import ResultPanel
+from .review_panel import ReviewPanel
 from .run_panel import RunPanel
 from .settings_panel import SettingsPanel
 from .slide_picker import SlidePicker
@@ -92,6 +93,7 @@ class AnalyzeSlideWidget(QWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self._cancel_silently)
+            app.aboutToQuit.connect(self._save_reviews)
 
         install_gl_guard()  # (also done on plugin activation; idempotent)
         self._refresh_slides()
@@ -140,6 +142,8 @@ class AnalyzeSlideWidget(QWidget):
         col.addWidget(self.tabs)
         self.tabs.addTab(self.settings, "Settings")
         self.tabs.addTab(self._result_tab(), "Result")
+        self.review = ReviewPanel(self.viewer)  # review marks on the result shown
+        self.tabs.addTab(self.review, "Review")
         col.addStretch(1)
         self._update_faith()
         # combo boxes may shrink below their longest entry; the panel then fits its dock
@@ -282,6 +286,13 @@ class AnalyzeSlideWidget(QWidget):
         self.runner.cancel_silently()
         QThreadPool.globalInstance().waitForDone(30_000)
 
+    def _save_reviews(self) -> None:
+        """napari quitting: unsaved review marks are saved (or written beside the store)."""
+        try:
+            self.review.close_session()
+        except RuntimeError:  # the panel's Qt object is already gone
+            pass
+
     # ------------------------------------------------------------------ result shown
     def _adopt_existing_results(self) -> None:
         results = results_in(self.viewer)
@@ -311,6 +322,7 @@ class AnalyzeSlideWidget(QWidget):
             return
         if not shown.forget(event.value):
             self._shown = None
+            self.review.set_shown(None)
             self.results.clear()
             self.export_btn.setEnabled(False)
         self._update_faith()
@@ -334,6 +346,7 @@ class AnalyzeSlideWidget(QWidget):
         self._update_faith()
         self._apply_display(refresh_data=refresh_layers)
         self.results.fill_top_table(shown.result)
+        self.review.set_shown(shown)
 
     def _apply_display(self, *_args, refresh_data: bool = True) -> None:
         """Weighting, colour scaling and top-X % of the shown result's attention layers
