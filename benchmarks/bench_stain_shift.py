@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=6144)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--work", default=None, help="keep the cohorts here (made once, reused)")
     args = ap.parse_args()
     from napari_mran._events import drain
     from napari_mran.model import load_model
@@ -125,11 +126,15 @@ def main() -> None:
 
     demo, rows, t0 = load_model("demo"), [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        base, shifted, ref_dir, review = (Path(tmp) / n for n in ("base", "shifted", "ref", "review"))
-        make_cohort(base, args.slides, COHORT_SEED, args.size, args.size)
-        make_cohort(shifted, args.slides, COHORT_SEED, args.size, args.size, stain_shift="scanner-b")
-        make_cohort(ref_dir, 4, REFERENCE_SEED, args.size // 2, args.size // 2)
-        make_cohort(review, 8, REVIEW_SEED, args.size, args.size, stain_shift="scanner-b")
+        work = Path(args.work) if args.work else Path(tmp)
+        base, shifted, ref_dir, review = (work / n for n in ("base", "shifted", "ref", "review"))
+        for folder, n, seed, side, shift in (
+                (base, args.slides, COHORT_SEED, args.size, None),
+                (shifted, args.slides, COHORT_SEED, args.size, "scanner-b"),
+                (ref_dir, 4, REFERENCE_SEED, args.size // 2, None),
+                (review, 8, REVIEW_SEED, args.size, "scanner-b")):
+            if not (folder / "labels.csv").is_file():
+                make_cohort(folder, n, seed, side, side, stain_shift=shift)
         print(f"cohorts made in {time.perf_counter() - t0:.0f} s", flush=True)
 
         def row(name, folder, model, method):
