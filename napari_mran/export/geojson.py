@@ -181,8 +181,15 @@ class _LevelFeatures:
         # of partial edge bags) are left out and not ranked
         boxes, inside = result.slide_boxes(level)
         self.boxes, self.inside = boxes[sel], inside[sel]
-        self.ranks = rank_desc(np.where(self.inside, self.score, np.nan).reshape(-1)
+        # with the shown-cell mask: patches/cells not shown (glass, outside the region)
+        # are left out; bags stay, but only shown ones are ranked
+        shown = result.shown(level)
+        ranked = self.inside if shown is None else self.inside & shown[sel]
+        if level != "bag":
+            self.inside = ranked
+        self.ranks = rank_desc(np.where(ranked, self.score, np.nan).reshape(-1)
                                ).reshape(self.score.shape)
+        self.ranked = ranked
         self.class_names = result.class_names
         self.prob_keys = [f"prob_{n}" for n in self.class_names]
         self.id_base = f"{_fingerprint(result)}/{level}"
@@ -215,7 +222,7 @@ class _LevelFeatures:
             "attention_global": _num(self.glob[idx]),
             "score": _num(self.score[idx]),
         }
-        if values["score"] is not None:
+        if values["score"] is not None and self.ranked[idx]:
             values["rank"] = int(self.ranks[idx])
         p_vals = [_num(v) for v in self.probs[idx]]
         values.update(zip(self.prob_keys, p_vals))

@@ -87,8 +87,30 @@ def csv_columns(result: SlideResult, level: str) -> list[str]:
         "attention_global",
         "rank",
         *[f"prob_{name}" for name in result.class_names],
+        *(["shown"] if result.cell_tissue is not None else []),
         *(["model_is_demo"] if result.model_is_demo else []),
     ]
+
+
+def _id_columns(rc: np.ndarray, level: str, start: int, stop: int, per_bag: int
+                ) -> list[np.ndarray]:
+    """Bag (+ patch, cell) indices and grid positions (*rc*: of every bag) of bags
+    ``start:stop`` as text."""
+    cols: list[np.ndarray] = [
+        np.repeat(np.arange(start, stop), per_bag).astype(str),
+        np.repeat(rc[start:stop, 0], per_bag).astype(str),
+        np.repeat(rc[start:stop, 1], per_bag).astype(str),
+    ]
+    if level in ("patch", "cell"):
+        per_patch = per_bag // N_PATCHES
+        p = np.tile(np.repeat(np.arange(N_PATCHES), per_patch), stop - start)
+        cols += [p.astype(str), (p // PATCHES_PER_SIDE).astype(str),
+                 (p % PATCHES_PER_SIDE).astype(str)]
+    if level == "cell":
+        c = np.tile(np.arange(N_CELLS), (stop - start) * N_PATCHES)
+        cols += [c.astype(str), (c // CELLS_PER_PATCH_SIDE).astype(str),
+                 (c % CELLS_PER_PATCH_SIDE).astype(str)]
+    return cols
 
 
 def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.ndarray]]:
@@ -99,7 +121,9 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
     # coordinates clipped to the slide; rows wholly past its edge (the padding of partial
     # edge bags) are left out and not ranked
     boxes, inside = result.slide_boxes(level)
-    ranked = np.where(inside, glob, np.nan)
+    # with the shown-cell mask every row stays, flagged; only shown rows are ranked
+    shown = result.shown(level)
+    ranked = np.where(inside if shown is None else inside & shown, glob, np.nan)
     ranks = rank_desc(ranked.reshape(-1)).reshape(glob.shape)
     ranks_txt_mask = np.isnan(ranked)
     probs = {"bag": result.bag_probs, "patch": result.patch_probs, "cell": result.cell_probs}[level]
@@ -109,28 +133,8 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
     for start in range(0, result.n_bags, bags_per_chunk):
         stop = min(result.n_bags, start + bags_per_chunk)
         n_rows = (stop - start) * per_bag
-        bag_idx = np.repeat(np.arange(start, stop), per_bag)
-        cols: list[np.ndarray] = [
-            np.full(n_rows, slide_cell, dtype=object),
-            bag_idx.astype(str),
-            np.repeat(rc[start:stop, 0], per_bag).astype(str),
-            np.repeat(rc[start:stop, 1], per_bag).astype(str),
-        ]
-        if level in ("patch", "cell"):
-            per_patch = per_bag // N_PATCHES
-            p = np.tile(np.repeat(np.arange(N_PATCHES), per_patch), stop - start)
-            cols += [
-                p.astype(str),
-                (p // PATCHES_PER_SIDE).astype(str),
-                (p % PATCHES_PER_SIDE).astype(str),
-            ]
-        if level == "cell":
-            c = np.tile(np.arange(N_CELLS), (stop - start) * N_PATCHES)
-            cols += [
-                c.astype(str),
-                (c // CELLS_PER_PATCH_SIDE).astype(str),
-                (c % CELLS_PER_PATCH_SIDE).astype(str),
-            ]
+        cols = [np.full(n_rows, slide_cell, dtype=object),
+                *_id_columns(rc, level, start, stop, per_bag)]
         b = boxes[start:stop].reshape(n_rows, 4)
         cols += [_format_coords(b[:, k]) for k in range(4)]
         cols.append(format_numbers(local[start:stop].reshape(-1)))
@@ -140,6 +144,8 @@ def _chunks(result: SlideResult, level: str, slide: str) -> Iterator[list[np.nda
         cols.append(r)
         pr = probs[start:stop].reshape(n_rows, result.n_classes)
         cols += [format_numbers(pr[:, k]) for k in range(result.n_classes)]
+        if shown is not None:
+            cols.append(np.where(shown[start:stop].reshape(-1), "true", "false").astype(object))
         if result.model_is_demo:
             cols.append(np.full(n_rows, "true", dtype=object))
         keep = inside[start:stop].reshape(-1)
