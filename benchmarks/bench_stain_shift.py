@@ -161,15 +161,16 @@ def main() -> None:
 
 
 def _verdicts(rows: list[dict]) -> list[str]:
-    clean, shift = rows[0]["slide_auc"], rows[1]["slide_auc"]
-    lost = clean - shift
     out = []
-    for r in rows[2:4]:
-        got = r["slide_auc"] - shift
-        met = lost <= 0 or got >= lost / 2
-        out.append(f"* {r['condition']}: recovers {got:+.3f} of the {lost:.3f} slide AUC lost to "
-                   f"the shift -> target (>= half) {'met' if met else 'NOT met'}"
-                   + (" (nothing was lost)" if lost <= 0 else ""))
+    for key, what in (("slide_auc", "slide AUC"), ("bag_auc", "bag-localisation AUC")):
+        clean, shift = rows[0][key] or 0.0, rows[1][key] or 0.0
+        lost = clean - shift
+        for r in rows[2:4]:
+            got = (r[key] or 0.0) - shift
+            met = lost <= 0 or got >= lost / 2
+            out.append(f"* {r['condition']}: {what} {got:+.3f} against the {lost:.3f} lost to "
+                       f"the shift -> target (recover >= half) {'met' if met else 'NOT met'}"
+                       + (" (nothing was lost)" if lost <= 0 else ""))
     ft = rows[-1]
     ok_s, ok_b = ft["slide_auc"] >= 0.95, (ft["bag_auc"] or 0) >= 0.9
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
