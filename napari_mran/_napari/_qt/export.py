@@ -1,5 +1,10 @@
 """Export…: the dialog (folder, formats) and the export run (a worker thread that asks
-before replacing existing files)."""
+before replacing existing files).
+
+The dialog offers the review marks of the result shown (``reviews``: GeoJSON + CSV,
+docs/review.md) when that result has a results store holding marks; otherwise the
+choice is disabled and its tooltip says why.  Marks still waiting for the Review tab's
+autosave are saved first, so the export and the dialog see what the reviewer marked."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ...errors import MRANError
 from ...vocab import ExportKind, file_stem
 from ..jobs import export_job
 
@@ -34,6 +40,44 @@ DIALOG_KINDS = {ExportKind.GEOJSON: "QuPath GeoJSON (bags, patches)",
                 ExportKind.OME_ZARR: "OME-Zarr heatmaps (bag, patch, cell)",
                 ExportKind.PROVENANCE: "Provenance record (JSON)"}
 TICKED = (ExportKind.GEOJSON, ExportKind.CSV, ExportKind.PROVENANCE)
+#: the review marks of the shown result's store: offered only when it holds marks
+#: (ticked then: a reviewer who marked bags wants them with the results)
+REVIEWS_TEXT = "Review marks (GeoJSON + CSV)"
+
+
+def shown_store(widget) -> str | None:
+    """The results store of the result *widget* (the Analyze dock) shows, if any."""
+    shown = getattr(widget, "_shown", None)
+    return None if shown is None else shown.results_path()
+
+
+def save_pending_reviews(widget) -> None:
+    """Save the marks the Review tab of *widget* has not saved yet (its autosave waits
+    1.5 s after a change), so that the export reads them from the store."""
+    panel = getattr(widget, "review", None)
+    session = getattr(panel, "session", None)
+    if session is not None and session.reviews.dirty:
+        panel.save()
+
+
+def review_marks_state(store: str | os.PathLike | None) -> tuple[bool, str]:
+    """``(can export, why)``: whether *store* holds review marks to export; *why* is the
+    tooltip of the dialog's choice."""
+    from ...review import review_summary
+
+    if not store:
+        return False, ("The result shown is not in a results store (.mran.zarr): review "
+                       "marks live in the store; open the store to review and export them")
+    try:
+        summary = review_summary(store)
+    except (MRANError, OSError) as exc:
+        return False, f"The review marks of {store} cannot be read: {exc}"
+    if not summary.get("marks"):
+        return False, (f"{store} holds no review marks yet: mark bags or patches in the "
+                       "Review tab first")
+    return True, (f"{summary['marks']} review mark(s) of {Path(store).name} by "
+                  f"{', '.join(summary['reviewers'])}: <slide>.reviews.geojson (QuPath "
+                  "annotations) and <slide>.reviews.csv")
 
 
 def ask_overwrite(parent, paths: list[str]) -> bool:
@@ -50,7 +94,10 @@ def ask_overwrite(parent, paths: list[str]) -> bool:
 class ExportDialog(QDialog):
     """Choose a folder and what to export."""
 
-    def __init__(self, parent, folder: str, slide_name: str):
+    def __init__(self, parent, folder: str, slide_name: str, *,
+                 store: str | os.PathLike | None | bool = True):
+        """*store*: the results store whose review marks are offered (None: none; True:
+        that of the result *parent*, the Analyze dock, shows)."""
         super().__init__(parent)
         self.setWindowTitle(f"Export MRAN results of {slide_name}")
         lay = QVBoxLayout(self)
@@ -68,6 +115,7 @@ class ExportDialog(QDialog):
             cb.setChecked(kind in TICKED)
             self.checks[kind.value] = cb
             lay.addWidget(cb)
+        lay.addWidget(self._reviews_check(parent, store))
         note = QLabel("<small>Heatmaps use the weighting shown in the panel. Existing files "
                       "are only replaced after you confirm.</small>")
         note.setWordWrap(True)
@@ -77,6 +125,20 @@ class ExportDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
+
+    def _reviews_check(self, parent, store) -> QCheckBox:
+        """The review-marks choice: enabled and ticked when the store holds marks."""
+        if store is True:
+            save_pending_reviews(parent)
+            store = shown_store(parent)
+        cb = QCheckBox(REVIEWS_TEXT)
+        ok, why = review_marks_state(store)
+        cb.setEnabled(ok)
+        cb.setChecked(ok)
+        cb.setToolTip(why)
+        self.store = str(store) if ok else None
+        self.checks[ExportKind.REVIEWS.value] = cb
+        return cb
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export folder", self.folder_edit.text())
@@ -91,14 +153,15 @@ class ExportDialog(QDialog):
         return [k for k, cb in self.checks.items() if cb.isChecked()]
 
 
-def export_plan(result, folder: str | os.PathLike, kinds: list[str], weighting: str
-                ) -> list[tuple]:
+def export_plan(result, folder: str | os.PathLike, kinds: list[str], weighting: str,
+                store: str | os.PathLike | None = None) -> list[tuple]:
     """(kind, path, options) of every file the chosen export kinds write
-    (:func:`napari_mran.export.export_plan`, with the weighting shown)."""
+    (:func:`napari_mran.export.export_plan`, with the weighting shown; *store*: whose
+    review marks the ``reviews`` kind writes)."""
     from ...export.plan import export_plan as plan
 
     return [(job.kind, job.path, job.options)
-            for job in plan(result, folder, kinds, weighting=weighting,
+            for job in plan(result, folder, kinds, weighting=weighting, store=store,
                             stem=file_stem(result.slide_name or "slide"))]
 
 
@@ -114,11 +177,32 @@ class Exporter(QObject):
         self.last: list[str] | str | None = None   # the paths written, or the error
         self.confirm_overwrite = lambda paths: ask_overwrite(parent, paths)
 
+    def _marks_store(self, result, store) -> str | None:
+        """The store whose review marks are exported, after saving pending marks: *store*,
+        or that of the result the parent (the Analyze dock) shows when it is *result*;
+        None (and an error shown) when it holds none."""
+        widget = self.parent()
+        save_pending_reviews(widget)
+        if store is None and getattr(getattr(widget, "_shown", None), "result", None) is result:
+            store = shown_store(widget)
+        ok, why = review_marks_state(store)
+        if not ok:
+            notifications.show_error(f"napari-mran: nothing exported: {why}")
+            return None
+        return str(store)
+
     def export(self, result, folder: str | os.PathLike, kinds: list[str],
-               weighting: str) -> Any:
+               weighting: str, store: str | os.PathLike | None = None) -> Any:
         """Write the chosen exports in a worker; ask before replacing existing files.
-        Returns the worker, or None when nothing is to be written."""
-        plan = export_plan(result, folder, kinds, weighting)
+        ``reviews`` among *kinds* exports the review marks of *store* (default: the
+        store of the result the parent dock shows); when it holds none nothing is
+        written (as ``napari-mran export``).  Returns the worker, or None when nothing
+        is to be written."""
+        if any(str(k).lower() == ExportKind.REVIEWS.value for k in kinds):
+            store = self._marks_store(result, store)
+            if store is None:
+                return None
+        plan = export_plan(result, folder, kinds, weighting, store)
         existing = [str(p) for _k, p, _o in plan if os.path.lexists(p)]
         overwrite = False
         if existing:
