@@ -12,6 +12,12 @@ thousands are drawn cheaply, listed in the detection measurement table, and Meas
 Show measurement maps colours them by attention), cells are ``"detection"`` objects.
 Any of the four can be forced with ``object_type``.
 
+With the shown-cell mask (``cell_tissue``, docs/roi.md: cells on glass or outside the
+analysed region are not shown), patches and cells that are not shown are left out (a
+patch is shown when any of its 16 cells is); bags stay, and ``rank`` orders the shown
+objects only (a bag with no shown cell has no ``rank``).  Results without the mask
+(older stores) list every object on the slide.
+
 Every feature has an ``id``: a UUID (version 5) derived from the slide and model
 fingerprints in the result's provenance, the level, the object's indices and its
 level-0 box, so that exporting the same result again gives the same ids, and another
@@ -128,10 +134,11 @@ def export_geojson(
     object_type : None (by level: bag ``"annotation"``, patch ``"tile"``, cell
         ``"detection"``), or one of ``"annotation"``, ``"tile"``, ``"detection"``.
 
-    Measurements per feature: ``bag_index`` (+ ``patch_index``, ``cell_index``),
-    ``attention``, ``attention_global``, ``score``, ``rank`` (1 = highest score among
-    the exported features), ``prob_<class>``.  Classification: the class with the
-    highest probability at that level.
+    Patches and cells not shown (``result.shown(level)``, when the result has the
+    mask) are left out; bags stay.  Measurements per feature: ``bag_index`` (+
+    ``patch_index``, ``cell_index``), ``attention``, ``attention_global``, ``score``,
+    ``rank`` (1 = highest score among the exported shown features), ``prob_<class>``.
+    Classification: the class with the highest probability at that level.
     """
     object_type, colors = _check_options(level, weighting, bags, object_type, class_colors)
     sel = _bag_selection(result, bags)

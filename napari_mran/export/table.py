@@ -1,5 +1,10 @@
 """CSV tables of bag/patch/cell scores and the provenance.json sidecar.
 
+A result with the shown-cell mask (``cell_tissue``, docs/roi.md) keeps every row and
+gets a ``shown`` column (``true``/``false``, ``SlideResult.shown(level)``) after the
+probabilities; ``rank`` then orders the shown rows only.  Results without the mask
+(older stores) are written as before, without the column.
+
 A result computed with the bundled demo model (``result.model_is_demo``) gets one more,
 last column ``model_is_demo`` with ``true`` in every row, so the flag travels with
 every row that is copied elsewhere; results of other models have no such column.
@@ -166,9 +171,11 @@ def export_csv(
     ``x0, y0, x1, y1`` (clipped to the slide; patches and cells wholly past its edge,
     the padding of partial edge bags, have no row), ``attention`` (local:
     gamma/alpha/beta), ``attention_global`` (gamma, gamma*alpha, gamma*alpha*beta),
-    ``rank`` (1 = highest global attention at that level), ``prob_<class>``, and ``model_is_demo`` (``true``) only when the
-    result comes from the demo model.  The cell level is large (1024 rows per bag);
-    it is written in chunks.
+    ``rank`` (1 = highest global attention at that level), ``prob_<class>``; ``shown``
+    (``true``/``false``) when the result has the shown-cell mask (``cell_tissue``):
+    every row stays, and only shown rows are ranked (the others have an empty rank);
+    ``model_is_demo`` (``true``), always last, only when the result comes from the demo
+    model.  The cell level is large (1024 rows per bag); it is written in chunks.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
