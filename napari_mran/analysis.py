@@ -59,6 +59,7 @@ class AnalysisProgress:
     message: str = ""
     new: BagBatchResult | None = None
     tissue_boxes: np.ndarray | None = None  # (N, 4) at stage "tissue"
+    cell_tissue: np.ndarray | None = None  # (N, 64, 16) shown cells, at stage "tissue"
 
     @property
     def fraction(self) -> float:
@@ -284,7 +285,8 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
     cover = tissue.parameters.get("tissue_coverage", 1.0)
     inside = "" if opts.roi is None else f" inside the region ({tissue.n_outside} outside)"
     yield AnalysisProgress("tissue", 0, n, message=f"{n} tissue bags of {bag_px} px{inside} "
-                           f"({cover:.0%} of the tissue)", tissue_boxes=boxes)
+                           f"({cover:.0%} of the tissue)", tissue_boxes=boxes,
+                           cell_tissue=tissue.cell_tissue)
     if n == 0:
         w0, h0 = slide.dimensions
         where = "" if opts.roi is None else f" inside the region of {opts.roi.source}"

@@ -177,7 +177,9 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     roles = sorted([L.TISSUE_ROLE, *L.ROLES.values(), L.TOP_ROLE])
     assert bag_events[0][2] == roles
     painted = [int(np.isfinite(s[3]["patch"]).sum()) for s in bag_events]
-    assert painted == sorted(painted) and 0 < painted[0] < painted[-1] == 4 * 64
+    shown = int(np.isfinite(result.heatmap("patch", "local").data).sum())  # tissue patches
+    assert painted == sorted(painted) and 0 < painted[0] < painted[-1] == shown
+    assert 0 < shown <= 4 * 64
     # the progressive rasters are exactly the core's local heatmaps
     assert _nan_equal(bag_events[-1][3]["patch"], result.heatmap("patch", "local").data)
     assert _nan_equal(bag_events[-1][3]["cell"], result.heatmap("cell", "local").data)
@@ -210,7 +212,10 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     patch = layers[L.ROLES["patch"]]
     b0 = result.boxes[0]
     r, c = b0[1] // BAG * 8, b0[0] // BAG * 8
-    assert np.allclose(patch.data[r:r + 8, c:c + 8].ravel(), result.patch_attention[0])
+    got, want = patch.data[r:r + 8, c:c + 8].ravel(), result.patch_attention[0]
+    shown = result.shown("patch")[0].ravel()  # glass patches of a tissue bag: no colour
+    assert 0 < shown.sum() < 64 and np.isnan(got[~shown]).all()
+    assert np.allclose(got[shown], want[shown])
     assert np.isnan(patch.data[0:8, 16:24]).all()  # glass bag (row 0, col 2): transparent
     assert np.allclose(layers[L.ROLES["bag"]].data[0, 0], result.bag_attention[0])
 
@@ -259,9 +264,10 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     assert patch.contrast_limits[0] == pytest.approx(np.percentile(finite, 1), rel=1e-4)
     w.results.top_percent.setValue(25.0)
     kept = np.isfinite(patch.data).sum()
-    assert 0 < kept <= 0.3 * 4 * 64
+    n_shown = int(result.shown("patch").sum())  # tissue patches
+    assert 0 < kept <= 0.3 * n_shown + 1
     w.results.top_percent.setValue(100.0)
-    assert np.isfinite(patch.data).sum() == 4 * 64
+    assert np.isfinite(patch.data).sum() == n_shown
     w.results.opacity_slider.setValue(35)
     assert patch.opacity == pytest.approx(0.35)
     w.results.top_k.setValue(2)
@@ -292,7 +298,9 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     assert isinstance(w.exporter.last, list) and len(w.exporter.last) == 12, w.exporter.last
     gj = json.loads((out / "tissue.bags.geojson").read_text())
     assert len(gj["features"]) == 4
-    assert len(json.loads((out / "tissue.patches.geojson").read_text())["features"]) == 256
+    # GeoJSON: tissue patches only (the CSV keeps every row, with a `shown` column)
+    assert len(json.loads((out / "tissue.patches.geojson").read_text())["features"]) == \
+        int(result.shown("patch").sum())
     rows = (out / "tissue.cells.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 1024
     tif = tifffile.imread(out / "tissue.patch-attention-local.ome.tif")
@@ -316,7 +324,7 @@ def test_analyze_end_to_end(make_napari_viewer, qtbot, tissue_slide, tiny_model,
     viewer.layers.selection.active = patch
     target = tmp_path / "patch-layer.geojson"
     viewer.layers.save(str(target), selected=True, plugin="napari-mran")
-    assert len(json.loads(target.read_text())["features"]) == 256
+    assert len(json.loads(target.read_text())["features"]) == int(result.shown("patch").sum())
     with pytest.raises(Exception, match="already exists"):
         viewer.layers.save(str(target), selected=True, plugin="napari-mran")
 

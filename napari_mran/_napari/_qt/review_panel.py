@@ -154,7 +154,7 @@ class ReviewPanel(QWidget):
             return
         self.close_session()
         self.shown = shown
-        if shown is not None:
+        if shown is not None and not self.isHidden():  # a hidden tab opens when shown
             self._open(shown)
         self._refresh()
 
@@ -316,6 +316,14 @@ class ReviewPanel(QWidget):
 
     def _error(self, message: str) -> None:
         notifications.show_error(message)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """The Review tab comes up: the review layer of the result shown appears (the
+        layer is made only when the pathologist reviews, not for every result)."""
+        super().showEvent(event)
+        if self.shown is not None and self.session is None:
+            self._open(self.shown)
+            self._refresh()
 
     def hideEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """The panel or its window goes: save what is unsaved."""

@@ -131,7 +131,7 @@ class AnalyzeSlideWidget(QWidget):
         top = QFormLayout()
         top.addRow("Model", self.models)
         col.addLayout(top)
-        self.results = ResultPanel()
+        self.results = ResultPanel(self.viewer)
         self.runner = RunPanel(self.viewer, self.results.display, self._show_result_of_run,
                                self.results.show_limits)
         self.runner.analyze_btn.clicked.connect(self.start_analysis)
