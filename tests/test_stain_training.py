@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -221,3 +223,26 @@ def test_user_reference_files(cohort, lowres, tmp_path):
                      (glass, "cannot fit a stain reference")):
         with pytest.raises(ValueError, match=f"{bad.name}.*{why}"):
             read_stain_reference(bad, "macenko")
+
+
+def test_cli_analysis_with_a_normalised_checkpoint(normalised, cohort, tmp_path, capsys):
+    """From the command line: the checkpoint's training-cohort reference is used when asked
+    for, and analysing without normalisation is one ``warning:`` line on stderr."""
+    from napari_mran.results import SlideResult
+
+    folder, _ = cohort
+    slide = _train_paths(normalised, folder)[0]
+    model = str(normalised / "model.safetensors")
+    assert main(["analyze", slide, "--model", model, "--out", str(tmp_path / "a"), "--export",
+                 "", "--stain-normalize", "macenko", "--json", "-q"]) == 0
+    out = capsys.readouterr()
+    store = json.loads(out.out)["slides"][0]["outputs"]["store"]
+    info = SlideResult.load(store).provenance["stain_normalization"]
+    assert info["reference_source"] == CHECKPOINT_SOURCE and "warning:" not in out.err
+    # the real command (pytest would catch the warning): one line on stderr
+    proc = subprocess.run([sys.executable, "-m", "napari_mran", "analyze", slide, "--model",
+                           model, "--out", str(tmp_path / "b"), "--export", "", "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "stain" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "macenko" in lines[0], lines

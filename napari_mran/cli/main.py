@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from ..errors import MRANError
 from . import analyze, evaluate, export, finetune, info, predict, tcga, train
@@ -25,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """The package's warnings on stderr as ``warning: <message>`` (no source line)."""
+    return f"warning: {message}\n"
+
+
 def _stdout_closed() -> int:
     """The reader of our stdout went away (``napari-mran info ... | head``): stop quietly.
 
@@ -42,6 +48,8 @@ def _stdout_closed() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status (0 ok, 1 some slides failed, 2 bad input,
     130 interrupted, 141 stdout closed)."""
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         code = int(args.run(args) or 0)
@@ -55,3 +63,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = formatwarning
