@@ -392,7 +392,8 @@ class AnalyzeSlideWidget(QWidget):
     def open_export_dialog(self) -> None:
         if self._shown is None:
             return
-        dlg = ExportDialog(self, self._default_export_folder(), self._shown.result.slide_name)
+        dlg = ExportDialog(self, self._default_export_folder(), self._shown.result.slide_name,
+                           store=self._shown.results_path())
         if dlg.exec() == QDialog.DialogCode.Accepted:
             self.export(dlg.folder(), dlg.selected())
 
@@ -408,4 +409,4 @@ class AnalyzeSlideWidget(QWidget):
         if self._shown is None or not kinds:
             return None
         return self.exporter.export(self._shown.result, folder, kinds,
-                                    self.results.weighting())
+                                    self.results.weighting(), store=self._shown.results_path())
