@@ -137,10 +137,13 @@ def _run_bags(slide: Slide, boxes: np.ndarray, plan: ReadPlan, runner: UpstreamR
     seconds of the bag loop, seconds in the model)."""
     n = len(boxes)
     bs = auto_batch(runner.dev) if opts.batch_size == "auto" else int(opts.batch_size)
-    from .inference.stain import normalised_reader
+    from .inference.stain import normalised_reader, on_model_device
 
+    device_stain = stain is not None and on_model_device(runner.dev)
+    runner.pre = stain.on_tensor if device_stain else None
     # read_bag looked up here at call time: tests slow it down through this module
-    read = normalised_reader(lambda box: read_bag(slide, box, plan), stain)
+    read = normalised_reader(lambda box: read_bag(slide, box, plan),
+                             None if device_stain else stain)
     stream = BagStream(boxes, read, bs, workers=workers,
                        prefetch=opts.prefetch or max(2 * bs, workers))
     t_bags = time.perf_counter()
@@ -306,6 +309,9 @@ def _analyze(slide: Slide, model: MRAN, opts: AnalysisOptions, t_start: float
                              plan=plan, runner=runner, workers=workers, bs=bs,
                              timings=timings, outs=outs)
     provenance["stain_normalization"] = stain_info
+    if stain is not None:
+        stain_info["applied"] = (f"on the model's device ({dev.type}, torch)" if runner.pre
+                                 else "in the decode threads (CPU, numpy)")
     cfg = model.config
     names = list(cfg.class_names or ())
     w0, h0 = slide.dimensions

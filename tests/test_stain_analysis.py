@@ -117,3 +117,24 @@ def test_a_user_reference_file(slides, tmp_path, capsys):
         assert main(["analyze", str(orig), "--model", "demo", "--out", str(target), *extra]) == 2
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and "stain" in err[0] and not target.exists(), err
+
+
+def test_normalisation_on_the_model_device_agrees_with_the_decode_threads(slides, demo,
+                                                                          monkeypatch):
+    """On a GPU the bags are normalised on the device (torch) inside the runner; forced
+    here on the CPU, it gives the numpy decode-thread result to within uint8 rounding."""
+    import napari_mran.inference.stain as stain_mod
+
+    orig, _ = slides
+    with open_slide(orig) as slide:
+        threads = predict_slide(slide, demo, stain_normalize="macenko", compile=False)
+        monkeypatch.setattr(stain_mod, "on_model_device", lambda dev: True)
+        device = predict_slide(slide, demo, stain_normalize="macenko", compile=False)
+    assert threads.provenance["stain_normalization"]["applied"].startswith("in the decode")
+    assert device.provenance["stain_normalization"]["applied"].startswith("on the model's")
+    np.testing.assert_allclose(device.slide_probs, threads.slide_probs, atol=0.02)
+    np.testing.assert_allclose(device.patch_attention, threads.patch_attention, atol=2e-3)
+    with open_slide(orig) as slide:  # and it does normalise: unlike no normalisation
+        plain = predict_slide(slide, demo, compile=False)
+    assert np.abs(plain.patch_attention - threads.patch_attention).max() > \
+        5 * np.abs(device.patch_attention - threads.patch_attention).max()

@@ -26,6 +26,8 @@ class UpstreamRunner:
         self.model, self.dev, self.top_k_patches = model, dev, top_k_patches
         self.use_amp, self.amp_dtype = amp_policy(amp, dev)
         self.fn: Callable[..., Any] = model.forward_bags
+        #: applied to each input batch on the device first (stain normalisation on a GPU)
+        self.pre: Callable[[Any], Any] | None = None
         self.compile_state = "no"
         if compile is True:
             try:
@@ -42,6 +44,8 @@ class UpstreamRunner:
         import torch
 
         with torch.inference_mode():
+            if self.pre is not None:  # in float32, before autocast
+                x = self.pre(x)
             if self.use_amp:
                 with torch.autocast(self.dev.type, dtype=self.amp_dtype):
                     return self.fn(x, top_k_patches=self.top_k_patches)

@@ -82,8 +82,8 @@ def choose_reference(method: str, reference: dict[str, Any] | None = None,
 def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
                 reference: dict[str, Any] | None = None,
                 user: str | os.PathLike[str] | None = None,
-                ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict[str, Any]]:
-    """``(normalise one uint8 bag, provenance)`` for *method*; ``(None, {...})`` when off.
+                ) -> tuple[SlideNormaliser | None, dict[str, Any]]:
+    """``(normaliser, provenance)`` for *method*; ``(None, {...})`` when off.
 
     *reference*: the model's ``stain_reference`` (``{"method", "reference"}``) or None;
     *user*: a ``--stain-reference`` file or None."""
@@ -93,7 +93,7 @@ def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
             return None, {"method": "off"}
         warnings.warn(note, StainWarning, stacklevel=2)
         return None, {"method": "off", "note": note}
-    from ..stain import fit_reference, normalize
+    from ..stain import fit_reference
 
     ref, ref_source, note = choose_reference(method, reference, user)
     image = np.asarray(lowres)[..., :3]
@@ -109,10 +109,35 @@ def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
     if note:
         info["note"] = note
 
-    def apply(img: np.ndarray) -> np.ndarray:
-        return np.asarray(normalize(img, ref, source=source))
+    return SlideNormaliser(ref, source), info
 
-    return apply, info
+
+def on_model_device(dev: Any) -> bool:
+    """Normalise on the model's device (torch) rather than in the decode threads
+    (numpy)?  On a GPU: the bags are already there and the decode threads stay free; on
+    the CPU the decode threads do it beside the model."""
+    return getattr(dev, "type", "cpu") != "cpu"
+
+
+class SlideNormaliser:
+    """One slide's stain normalisation: called on a uint8 bag (numpy, the decode
+    threads), or :meth:`on_tensor` on the model's float input batch (torch, on its
+    device).  Both map the slide's fitted stains (*source*, or each bag's own when None)
+    to *reference*; they agree to within the uint8 rounding of the numpy path."""
+
+    def __init__(self, reference: Any, source: Any) -> None:
+        self.reference, self.source = reference, source
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        from ..stain import normalize
+
+        return np.asarray(normalize(img, self.reference, source=self.source))
+
+    def on_tensor(self, x: Any) -> Any:
+        """(n, 3, H, W) float in [0, 1] on any device -> the same, normalised there."""
+        from ..stain import normalize
+
+        return normalize(x, self.reference, source=self.source)
 
 
 def normalised_reader(read: Reader, apply: Callable[[np.ndarray], np.ndarray] | None
