@@ -144,3 +144,17 @@ def test_marks_made_on_another_model(reviewed, tmp_path, capsys):
     _one_line_error(capsys, str(reviewed["t"]), "--allow-other-model")
     assert main(args + ["--allow-other-model"]) == 0
     assert "warning:" in capsys.readouterr().err
+
+
+def test_fine_tuning_with_another_stain_normalisation_than_the_review_warns(reviewed, tmp_path,
+                                                                           capsys):
+    """The stores were analysed without normalisation: fine-tuning on Macenko-normalised
+    bags says so for each store (the bags would not look like the ones reviewed)."""
+    assert _ft(reviewed, tmp_path / "run", "--stain-normalize", "macenko") == 0
+    out = capsys.readouterr()
+    warned = json.loads(out.out)["warnings"]
+    assert len(warned) == 2 and all("analysed with --stain-normalize off, fine-tuned with "
+                                    "macenko" in w for w in warned)
+    assert sum("warning:" in ln and "stain-normalize" in ln for ln in out.err.splitlines()) == 2
+    prov = load_model(tmp_path / "run" / "model.safetensors").config.provenance
+    assert {r["analysed_stain_normalize"] for r in prov["reviews"]} == {"off"}

@@ -29,7 +29,8 @@ from typing import Any, Generator
 import numpy as np
 
 from ..errors import CheckpointError, MRANError, OutputExistsError
-from .finetune_marks import ReviewedSlide, attach_slide_labels, reviewed_slides
+from .finetune_marks import (ReviewedSlide, attach_slide_labels, reviewed_slides,
+                             stain_mismatches)
 from .run_folder import _write_json, write_text_atomic
 
 __all__ = ["FinetuneConfig", "FinetuneEvent", "FinetuneSummary", "finetune"]
@@ -303,6 +304,8 @@ def _prepare(model_path: Any, stores: list, cfg: FinetuneConfig, labels_csv: Any
                              allow_other_model=cfg.allow_other_model)
     if labels_csv is not None:
         attach_slide_labels(slides, labels_csv, slides_dir, list(base.config.class_names or ()))
+    for slide in slides:  # bags that would not look like the ones reviewed: say so
+        slide.warnings.extend(stain_mismatches([slide], cfg.stain_normalize))
     doc = {"config": asdict(cfg), "inputs": _inputs(base.checkpoint_sha256, slides, labels_csv),
            "base_model": str(model_path),
            "labels_csv": None if labels_csv is None else str(labels_csv)}

@@ -55,6 +55,20 @@ def bag_label(mark: str, label: str | None, bag_probs: np.ndarray,
     return None
 
 
+def _analysed_stain(provenance: dict[str, Any]) -> str:
+    """The stain normalisation the store's analysis used ("off" for older stores)."""
+    info = provenance.get("stain_normalization") if isinstance(provenance, dict) else None
+    return str(info.get("method", "off")) if isinstance(info, dict) else "off"
+
+
+def stain_mismatches(slides: list[ReviewedSlide], method: str) -> list[str]:
+    """A warning per store analysed with another stain normalisation than *method*: the
+    bags fine-tuned on would not look like the bags the pathologist reviewed."""
+    return [f"{s.store}: analysed with --stain-normalize "
+            f"{s.record['analysed_stain_normalize']}, fine-tuned with {method}"
+            for s in slides if s.record["analysed_stain_normalize"] != method]
+
+
 def _slide_path(store: Path, provenance: dict[str, Any]) -> str:
     slide = provenance.get("slide") if isinstance(provenance, dict) else None
     path = slide.get("path") if isinstance(slide, dict) else None
@@ -120,6 +134,7 @@ def _reviewed_slide(store: Path, model_cfg: Any, base_sha: str,
     record = {"store": str(store.resolve()), "slide": slide_path,
               "store_sha256": store_checksum(read_verified_attrs(store)),
               "marks_sha256": (review_record(store) or {}).get("sha256"),
+              "analysed_stain_normalize": _analysed_stain(result.provenance),
               "reviewers": sorted({m.reviewer for m in marks}),
               "marks_model_sha256": sorted({m.model_sha256 or "unknown" for m in marks}),
               "counts": {"marks": len(marks), "bag_labels": len(labels),
