@@ -109,6 +109,9 @@ def test_older_qupath_forms_and_bare_geometry(tmp_path):
     (json.dumps({"type": "FeatureCollection", "features": [
         qupath_feature([[[0, 0], [200, 100], [200, 0], [0, 80], [0, 0]]])]}),
      r"self-intersecting ring \(edges meet near x=88\.9, y=44\.4\)"),
+    (json.dumps({"type": "FeatureCollection", "features": [  # a bow-tie: signed area 0
+        qupath_feature([[[0, 0], [100, 100], [100, 0], [0, 100], [0, 0]]])]}),
+     r"self-intersecting ring \(edges meet near x=50\.0, y=50\.0\)"),
     (json.dumps({"type": "FeatureCollection", "features": [
         qupath_feature([[[0, 0], [10, 0], ["a", 5], [0, 0]]])]}), "number pairs"),
 ])

@@ -150,10 +150,11 @@ def _ring(raw: Any, where: str) -> np.ndarray:
     if not np.isfinite(arr[:, :2]).all():
         raise RoiError(f"{where}: coordinates must be finite numbers")
     ring = clean_ring(arr[:, :2])
-    if len(ring) < 3 or ring_area(ring) < 1e-6:
+    # crossing edges first: a bow-tie's signed areas cancel, and "degenerate" would mislead
+    hit = crossing(ring) if len(ring) >= 4 else None
+    if len(ring) < 3 or (hit is None and ring_area(ring) < 1e-6):
         raise RoiError(f"{where}: empty or degenerate ring ({len(ring)} distinct point(s), "
                        f"area {ring_area(ring) if len(ring) >= 3 else 0.0:.3g} px²)")
-    hit = crossing(ring)
     if hit is not None:
         raise RoiError(f"{where}: self-intersecting ring (edges meet near x={hit[0]:.1f}, "
                        f"y={hit[1]:.1f}); fix the annotation (QuPath: Objects > Annotations > "
