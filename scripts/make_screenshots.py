@@ -143,7 +143,7 @@ def shot_04_05(viewer, widget, gui: Gui, roles: dict) -> None:
                  and "bag #" in viewer.status.get("coordinates", ""), 30, "the hover status")
     shot = gui.window_shot(viewer)
     gui.save(shot, "05-hover.png")
-    status_h = 40 * shot.shape[0] // WINDOW[1]  # napari's status bar, bottom of the window
+    status_h = 28 * shot.shape[0] // WINDOW[1]  # napari's status bar, bottom of the window
     gui.save(shot[-status_h:], "05-hover-statusbar.png")
 
 
