@@ -12,7 +12,8 @@ demo model.  Writes, in --out:
                     each, one shared colour scale per level
 
 Deterministic (same slides, model, window size and camera).  Prints the contrast limits
-of each slide and the shared ones.  Needs an X display: without one it re-runs itself
+of each slide and the shared ones, and checks that the colour bars and both slides'
+layers use the shared ones (and that the scale bar is on, in µm).  Needs an X display: without one it re-runs itself
 under ``xvfb-run``.  Nothing outside --out is written (the synthetic slides and the
 results stores go to a temporary folder).
 """
@@ -39,12 +40,16 @@ def _limits(viewer) -> dict[str, tuple[float, float]]:
 def _colour_bars(viewer, widget, gui: Gui) -> None:
     from napari_mran._napari.sample_data import sample_slide_path
 
-    viewer.open(str(sample_slide_path()), plugin="napari-mran")
+    slide_layer = viewer.open(str(sample_slide_path()), plugin="napari-mran")[0]
     seconds = analyse(widget, gui)
-    print(f"CMU-1-Small-Region analysed in {seconds:.1f} s; "
-          f"scale bar visible: {viewer.scale_bar.visible}, unit: {viewer.scale_bar.unit}")
+    bar = viewer.canvas.overlays.scale_bar
+    units = {str(u) for u in slide_layer.units}
+    print(f"CMU-1-Small-Region analysed in {seconds:.1f} s; scale bar visible: "
+          f"{bar.visible}, slide layer units: {units}")
+    if not bar.visible or units != {"micrometer"}:
+        raise AssertionError("the scale bar should be on, in µm")
     for level, row in widget.results.colorbars.rows.items():
-        print(f"  colour bar {level}: limits {row.limits}")
+        print(f"  colour bar {level}: limits {tuple(round(float(v), 4) for v in row.limits)}")
     viewer.reset_view()
     gui.save(gui.window_shot(viewer), "colour-bars.png")
 
@@ -71,6 +76,12 @@ def _side_by_side(viewer, widget, gui: Gui, work: Path, seed: int) -> None:
     widget.results.compare_btn.click()  # two results: no question asked
     gui.wait_for(lambda: widget.results.compare is not None, 30, "side by side")
     shared = widget.results.compare.limits
+    for level, row in widget.results.colorbars.rows.items():  # the bars read both slides
+        want = tuple(round(float(v), 6) for v in shared[level])
+        lows_highs = {tuple(round(float(v), 6) for v in ly.contrast_limits)
+                      for ly in viewer.layers if ly.name.endswith(f"{level} attention")}
+        if lows_highs != {want} or tuple(round(float(v), 6) for v in row.limits) != want:
+            raise AssertionError(f"{level}: limits not shared: {lows_highs}, bar {row.limits}")
     print("contrast limits, each slide's own:", own)
     print("shared per level (side by side):", {k: tuple(round(v, 4) for v in lim)
                                                for k, lim in shared.items()})
