@@ -47,6 +47,8 @@ bench: install
 
 screenshots: install sysdeps
 	$(BIN)/python scripts/make_screenshots.py
+	$(BIN)/python scripts/screenshot_roi.py
+	$(BIN)/python scripts/screenshot_reading_aids.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output
