@@ -53,7 +53,7 @@ def cohort_folder(n: int) -> Path:
 class Gaps:
     """Event-loop gaps seen by a 10 ms timer."""
 
-    def __init__(self):
+    def __init__(self, sampler=None):
         from qtpy.QtCore import QElapsedTimer, QTimer
 
         self.gaps: list[int] = []
@@ -61,6 +61,8 @@ class Gaps:
         self.timer = QTimer()
         self.timer.setInterval(10)
         self.timer.timeout.connect(lambda: self.gaps.append(self.clock.restart()))
+        if sampler is not None:
+            self.timer.timeout.connect(sampler.tick)
         self.clock.start()
         self.timer.start()
 
@@ -87,7 +89,7 @@ def wait(signal=None, cond=None, timeout_ms: int = 60000) -> None:
         signal.disconnect(loop.quit)
 
 
-def run(folder: Path, browse: int) -> dict:
+def run(folder: Path, browse: int, profile: bool = False) -> dict:
     import napari
     import psutil
     from qtpy.QtCore import Qt
@@ -100,7 +102,12 @@ def run(folder: Path, browse: int) -> dict:
     viewer.window.add_dock_widget(panel, name="Cohort review")
     window = viewer.window._qt_window
     wait(cond=lambda: False, timeout_ms=1500)  # the window is up, pre-warming done
-    gaps = Gaps()
+    sampler = None
+    if profile:
+        from _stall_sampler import StallSampler
+
+        sampler = StallSampler()
+    gaps = Gaps(sampler)
     t0 = time.perf_counter()
     panel.open_folder(folder)
     wait(cond=lambda: all(r.details for r in panel.table.rows))
@@ -111,6 +118,8 @@ def run(folder: Path, browse: int) -> dict:
     proc = psutil.Process()
     rss = [proc.memory_info().rss]
     gaps.take()
+    if sampler is not None:
+        sampler.samples.clear()
     t0 = time.perf_counter()
     mods = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
     for _ in range(browse):
@@ -119,6 +128,12 @@ def run(folder: Path, browse: int) -> dict:
         rss.append(proc.memory_info().rss)
     browse_s = time.perf_counter() - t0
     seen = gaps.take()
+    if sampler is not None:
+        sampler.stop()
+        from _stall_sampler import stall_paths
+
+        print(sampler.report(top=30))
+        print("\n".join(stall_paths(sampler, min_ms=100).splitlines()[:40]))
     n_layers = len(viewer.layers)
     viewer.close()
     return {"load": load, "browse_gaps": seen, "browse_s": browse_s, "rss": rss,
@@ -148,10 +163,19 @@ def main() -> int:
     ap.add_argument("--slides", type=int, default=100)
     ap.add_argument("--browse", type=int, default=20)
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
+    ap.add_argument("--no-announce", action="store_true",
+                    help="update every layer in place, the topmost too (what the panel "
+                         "does once the Analyze widget follows layer metadata)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print where the browse's stalls were (stack samples while late)")
     args = ap.parse_args()
     _ensure_display()
     folder = cohort_folder(args.slides)
-    text = report(args.slides, args.browse, run(folder, args.browse))
+    if args.no_announce:
+        from napari_mran._napari._qt import cohort_panel
+
+        cohort_panel.ANNOUNCE_BY_INSERT = False
+    text = report(args.slides, args.browse, run(folder, args.browse, args.profile))
     print(text)
     if not args.no_doc:
         from _doc import write_section

@@ -89,8 +89,13 @@ def child(out_json: str) -> None:
         timer = QTimer()
         timer.setInterval(10)
         timer.timeout.connect(lambda: ticks.append((since.elapsed(), clock.restart())))
+        sampler = _sampler()
+        if sampler is not None:
+            timer.timeout.connect(sampler.tick)
         clock.start()
         since.start()
+        if sampler is not None:
+            sampler.t0 = sampler.last = time.perf_counter()
         timer.start()
         w.runner.analyze_btn.click()
         w.runner.run.worker.started.connect(lambda: marks.setdefault("worker", since.elapsed()))
@@ -101,12 +106,30 @@ def child(out_json: str) -> None:
         n = len(ticks)
         _wait(app, lambda: len(ticks) >= n + 30, 10)
         timer.stop()
+        if sampler is not None:
+            sampler.stop()
         ok = w.runner.last_error is None and w.runner.last_outcome.result is not None
         viewer.close()
     bounds = {"layers": (0, marks["worker"]), "analysis": (marks["worker"], marks["returned"]),
               "result": (marks["returned"], 1e12)}
     gaps = {ph: [g for t, g in ticks[1:] if lo < t <= hi] for ph, (lo, hi) in bounds.items()}
-    Path(out_json).write_text(json.dumps({"ok": ok, "gaps": gaps}))
+    profile = {} if sampler is None else {
+        ph: sampler.report(lo=lo, hi=hi, top=12) + "\n" + stall_paths(sampler, lo, hi)
+        for ph, (lo, hi) in bounds.items()}
+    Path(out_json).write_text(json.dumps({"ok": ok, "gaps": gaps, "profile": profile}))
+
+
+def _sampler():
+    """A stall sampler when ``--profile`` was given (MRAN_BENCH_PROFILE=1), else None."""
+    if os.environ.get("MRAN_BENCH_PROFILE") != "1":
+        return None
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _stall_sampler import StallSampler
+
+    global stall_paths
+    from _stall_sampler import stall_paths
+
+    return StallSampler()
 
 
 def one_run() -> dict:
@@ -127,11 +150,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true",
+                    help="print where each phase's stalls were (stack samples while late)")
     args = ap.parse_args()
+    if args.profile:
+        os.environ["MRAN_BENCH_PROFILE"] = "1"
     if args.child:
         child(args.child)
         return 0
     runs = [one_run() for _ in range(args.runs)]
+    for i, r in enumerate(runs, 1):
+        for ph, text in r.get("profile", {}).items():
+            print(f"--- run {i}, {ph}: {text}")
     print(f"{'run':>3} " + " ".join(f"{ph + ' worst / >100 ms':>26}" for ph in PHASES))
     for i, r in enumerate(runs, 1):
         cells = [f"{max(r['gaps'][ph], default=0):>17.0f} ms / "

@@ -263,3 +263,49 @@ def set_top_bags(layer, rects: list, kw: dict, show_text: bool = True) -> None:
     layer.metadata = kw["metadata"]
     layer.refresh_text()
     layer.text.visible = show_text
+
+
+#: the role of a slide layer in :func:`layer_role` (result layers use their ROLE key)
+SLIDE_ROLE = "slide"
+
+
+def layer_role(metadata: dict | None) -> str | None:
+    """What a layer is in a shown slide: :data:`SLIDE_ROLE` for a slide layer, the
+    result role (tissue bags, patch attention, ...) for a result layer, else None."""
+    metadata = metadata or {}
+    return SLIDE_ROLE if keys.SLIDE in metadata else metadata.get(keys.ROLE)
+
+
+def reusable(layer, kind: str, kw: dict) -> bool:
+    """Whether *layer* can show the layer-data tuple ``(_, kw, kind)`` by updating it in
+    place (:func:`update_layer`): the same layer type, and for an image the same
+    multiscale / RGB form (napari fixes those at creation)."""
+    if type(layer).__name__.lower() != kind:
+        return False
+    if kind == "image":
+        return (bool(layer.multiscale) == bool(kw.get("multiscale", False))
+                and bool(layer.rgb) == bool(kw.get("rgb", False)))
+    return True
+
+
+def update_layer(layer, data, kw: dict, kind: str) -> None:
+    """Show the layer-data tuple ``(data, kw, kind)`` in the existing *layer*
+    (:func:`reusable`): data, placement, contrast limits, metadata and name.  What the
+    user set on the layer (visibility, opacity, colour map, blending) stays.
+
+    Reusing a layer costs a data upload; a new one costs napari's layer controls and a
+    shader program, ~0.1 s each on the event loop (docs/performance.md)."""
+    layer.metadata = kw["metadata"]
+    if kind == "shapes":
+        set_top_bags(layer, data, kw)
+    else:
+        layer.data = data
+    if kind == "image":
+        layer.contrast_limits = kw["contrast_limits"]
+    elif kind == "points":
+        layer.size = kw["size"]
+        layer.border_color = kw["border_color"]
+    layer.scale = kw.get("scale", (1.0, 1.0))
+    layer.translate = kw.get("translate", (0.0, 0.0))
+    layer.units = kw.get("units", ("pixel", "pixel"))
+    layer.name = kw["name"]

@@ -4,15 +4,16 @@ sortable, filterable table; selecting a row shows that slide with its attention 
 
 The rows come from :class:`..cohort.CohortTable` (predictions.csv at once, the per-store
 details in a worker thread); a row's store and slide are read in a worker
-(:func:`..cohort.load_slide_view`) and its layers added one per event-loop turn, so the
-viewer keeps redrawing.  Only layers this panel added are ever removed.
+(:func:`..cohort.load_slide_view`); the layers the panel added for the previous row are
+updated in place with the new slide's data (one per event-loop turn, so the viewer keeps
+redrawing), the others removed or added.  Only layers this panel added are ever changed
+or removed.
 """
 
 from __future__ import annotations
 
 import os
 
-from napari.layers import Layer
 from napari.qt.threading import create_worker
 from napari.utils import notifications
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
@@ -32,12 +33,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import keys
 from ..cohort import COLUMNS, CohortReviewError, CohortTable, RowFilter, SlideView, load_slide_view
+from ..swap import Swap
 from .perf import glyph_prewarm_steps, in_turns, prewarm_layer_types
 
 #: the keyboard shortcuts of next / previous slide (napari binds neither)
 NEXT_KEY, PREVIOUS_KEY = "Ctrl+Shift+Down", "Ctrl+Shift+Up"
 SORT_ROLE = Qt.ItemDataRole.UserRole
+#: Re-insert the topmost result layer on every row (instead of updating it in place):
+#: the Analyze widget adopts a result only from an inserted layer (docs/performance.md,
+#: "Cohort review: browsing").  False once it also follows ``layer.events.metadata``.
+ANNOUNCE_BY_INSERT = True
 _PROBLEM = QBrush(QColor(230, 90, 90))
 
 
@@ -286,7 +293,8 @@ class CohortPanel(QWidget):
 
     def open_row(self, i: int) -> None:
         """Show row *i*: its store and slide are read in a worker, then the previous
-        slide's layers are removed and the new ones added, one per event-loop turn."""
+        slide's layers show the new one (updated in place where possible, :mod:`..swap`),
+        one per event-loop turn."""
         self._token += 1
         token, row = self._token, self.table.rows[i]
         self.status.setText(f"Opening {row.name}…")
@@ -300,11 +308,12 @@ class CohortPanel(QWidget):
             if view.slide is not None:
                 view.slide.close()
             return
-        steps = self._removal_steps()
         if view.slide is not None:
             self._slides.append(view.slide)
-        steps += [lambda t=t: self._add(token, t) for t in view.layers]
-        in_turns(steps, lambda: self._shown(token, view))
+        # the previous row's layers updated in place where the roles match (..swap)
+        steps = Swap(self.viewer, self._layers, view.layers, ANNOUNCE_BY_INSERT).steps()
+        in_turns([lambda f=f: token == self._token and f() for f in steps],
+                 lambda: self._shown(token, view))
 
     def _on_open_error(self, token: int, i: int, exc: Exception) -> None:
         row = self.table.rows[i] if self.table is not None else None
@@ -321,17 +330,11 @@ class CohortPanel(QWidget):
             self.status.setText("Not shown (see the row's status)")
             self.row_shown.emit(-1)
 
-    def _add(self, token: int, layer_data: tuple) -> None:
-        if token != self._token:
-            return
-        layer = Layer.create(*layer_data)
-        self._layers.append(layer)
-        self.viewer.add_layer(layer)
-
     def _shown(self, token: int, view: SlideView) -> None:
         if token != self._token:
             return
         self.shown_row = view.index
+        self._close_unshown_slides()
         for message in view.warnings:
             notifications.show_warning(message)
         if view.problem:
@@ -349,6 +352,16 @@ class CohortPanel(QWidget):
         slides, self._slides = self._slides, []
         steps = [lambda ly=ly: self._remove(ly) for ly in reversed(layers)]
         return steps + [lambda: [s.close() for s in slides]]
+
+    def _close_unshown_slides(self) -> None:
+        """Close the slides no layer of this panel shows any more (the reused slide layer
+        now reads another one)."""
+        shown = [ly.metadata.get(keys.SLIDE) for ly in self._layers]
+        keep = [s for s in self._slides if any(s is x for x in shown)]
+        for s in self._slides:
+            if not any(s is k for k in keep):
+                s.close()
+        self._slides = keep
 
     def _remove(self, layer) -> None:
         if layer in self.viewer.layers:
