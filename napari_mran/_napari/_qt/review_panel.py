@@ -73,7 +73,7 @@ class ReviewPanel(QWidget):
         self.reviewer.editingFinished.connect(self._reviewer_changed)
         form.addRow("Reviewer", self.reviewer)
         form.addRow("Mark", self._mark_row())
-        form.addRow("Marks a", self._mode_row())
+        form.addRow("Marks on", self._mode_row())
         col.addLayout(form)
         self.legend = QLabel()
         col.addWidget(self.legend)
