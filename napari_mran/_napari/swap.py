@@ -27,7 +27,9 @@ class Swap:
     With *announce*, the topmost result layer is always added anew, never updated: the
     Analyze widget adopts a result from an inserted layer and finds the updated layers
     of that result with it.  That costs a removal (napari runs a full garbage
-    collection after each) and a new layer: ~0.2 s each.
+    collection after each) and a new layer: ~0.2 s each.  New result layers below it
+    get their result (``keys.RESULT``) only just before it goes in, so that the widget
+    finds the whole set when it adopts (the layers go in one per event-loop turn).
     """
 
     def __init__(self, viewer, own: list, tuples: list[tuple], announce: bool = True):
@@ -47,26 +49,45 @@ class Swap:
         kept = list(self.reuse.values())
         self.drop = [ly for ly in own if not any(ly is k for k in kept)]
         own[:] = [ly for ly in own if any(ly is k for k in kept)]
+        self.pending: list[tuple] = []  # (new layer, its metadata with the result)
 
     def steps(self) -> list[Callable[[], None]]:
         """One callable per event-loop turn: the removals, then each layer, bottom up."""
         return ([lambda ly=ly: self._remove(ly) for ly in reversed(self.drop)]
-                + [lambda r=r, t=t: self._place(r, t) for r, t in self.wanted])
+                + [lambda r=r, t=t: self._place(r, t) for r, t in self.wanted]
+                + [self._complete])
 
     def _remove(self, layer) -> None:
         if layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
 
     def _place(self, role, layer_data: tuple) -> None:
+        if role == self.announce:
+            self._complete()
         layer = self.reuse.get(role)
         if layer is not None and layer in self.viewer.layers:
             L.update_layer(layer, *layer_data)
             if keys.RESULT in layer.metadata:
                 install_hover(layer)  # (its frame changes with the slide)
             return
-        layer = Layer.create(*layer_data)
+        data, kw, kind = layer_data
+        meta = kw.get("metadata") or {}
+        if self.announce is not None and role != self.announce and keys.RESULT in meta:
+            self.pending.append((role, meta))
+            kw = {**kw, "metadata": {k: v for k, v in meta.items() if k != keys.RESULT}}
+        layer = Layer.create(data, kw, kind)
         self.own.append(layer)
         self.viewer.layers.insert(self._index_for(role), layer)
+
+    def _complete(self) -> None:
+        """Give the new layers held back their result (see the class docstring)."""
+        pending, self.pending = self.pending, []
+        layers = {L.layer_role(ly.metadata): ly for ly in self.own if ly in self.viewer.layers}
+        for role, meta in pending:
+            layer = layers.get(role)
+            if layer is not None:
+                layer.metadata = meta
+                install_hover(layer)
 
     def _index_for(self, role) -> int:
         """Where a new layer of *role* goes: just above the nearest layer of the new

@@ -14,6 +14,8 @@ from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 
+from napari_mran._napari import keys
+from napari_mran._napari import layers as L
 from napari_mran._napari._qt import cohort_panel as CP
 from napari_mran.review import Reviews
 
@@ -97,6 +99,53 @@ def test_select_rows_swaps_layers_keeps_users(make_napari_viewer, qtbot, folder)
     _show(qtbot, panel, "slide_0002.svs")
     assert mine in viewer.layers and len(viewer.layers) == 7
     assert not any("slide_0001" in n for n in _names(viewer))
+
+
+def _by_role(viewer) -> dict:
+    return {L.layer_role(ly.metadata): ly for ly in viewer.layers}
+
+
+def test_row_switch_updates_layers_in_place(make_napari_viewer, qtbot, folder):
+    """The previous row's layers show the next row (the same layer objects with the new
+    slide, heatmaps, metadata and names; the user's visibility kept); only the topmost
+    result layer is added anew, so the Analyze widget adopts the new result."""
+    viewer, panel = _panel(make_napari_viewer, qtbot, folder)
+    _show(qtbot, panel, "slide_0000.svs")
+    before = _by_role(viewer)
+    before[L.ROLES["cell"]].visible = True  # the user's choice
+    _show(qtbot, panel, "slide_0001.svs")
+    after = _by_role(viewer)
+    assert list(after) == list(before) and len(viewer.layers) == 6
+    assert all(after[r] is before[r] for r in before if r != L.TOP_ROLE)
+    assert after[L.TOP_ROLE] is not before[L.TOP_ROLE]
+    slide = after[L.SLIDE_ROLE].metadata[keys.SLIDE]
+    assert Path(slide.path).name == "slide_0001.svs" and panel._slides == [slide]
+    assert after[L.SLIDE_ROLE].data[0].shape[:2] == tuple(slide.dimensions)[::-1]
+    result = after[L.TOP_ROLE].metadata[keys.RESULT]
+    assert "slide_0001" in result.slide_name
+    for level in ("bag", "patch", "cell"):
+        layer = after[L.ROLES[level]]
+        assert layer.metadata[keys.RESULT] is result
+        assert layer.name == f"slide_0001.svs [DEMO model] {L.ROLES[level]}"
+        np.testing.assert_array_equal(np.asarray(layer.data), result.heatmap(level).data)
+    assert after[L.ROLES["cell"]].visible and not after[L.ROLES["bag"]].visible
+    assert len(after[L.TOP_ROLE].data) == min(10, result.n_bags)
+
+
+def test_analyze_widget_follows_the_rows(make_napari_viewer, qtbot, folder):
+    """With the Analyze widget docked, each row's result is the one its panels control
+    (its Review tab must never mark the previous row's store)."""
+    viewer, panel = _panel(make_napari_viewer, qtbot, folder)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
+    for name in ("slide_0000.svs", "slide_0001.svs", "slide_0002.svs"):
+        _show(qtbot, panel, name)
+        result = _by_role(viewer)[L.TOP_ROLE].metadata[keys.RESULT]
+        qtbot.waitUntil(lambda r=result: widget._shown is not None
+                        and widget._shown.result is r, timeout=5000)
+        layers = widget._shown.layers
+        assert set(layers) == set(L.ROLE_ORDER)
+        assert all(ly.metadata[keys.RESULT] is result for ly in layers.values())
+        assert all(ly in viewer.layers for ly in layers.values())
 
 
 def test_next_previous_shortcuts(make_napari_viewer, qtbot, folder):
