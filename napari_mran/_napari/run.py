@@ -26,6 +26,7 @@ from .frame import SlideFrame, level_geometry
 from .hover import install_hover
 from .raster import contrast_limits, empty_raster, paint_batch
 from .shown import Display, Shown, same_file
+from .swap import insert_inactive
 
 #: the levels painted while a run goes (bag attention exists only at the end)
 PAINTED_LEVELS = (Level.PATCH, Level.CELL)
@@ -78,6 +79,7 @@ class Run:
             self.bag_px = int(options.bag_px or model.config.bag_px)
         self.layers: dict[str, Any] = {}                     # role -> layer
         self.hidden: list[tuple[Any, bool]] = []             # earlier results, hidden
+        self.to_show: list[str] = []                         # added hidden, to be shown
         self.rasters: dict[str, np.ndarray] = {}             # level -> raster
         self.box_index: dict[tuple[int, int], int] = {}      # bag (x0, y0) -> tissue bag
         self.colors: np.ndarray | None = None                # tissue-bag outlines
@@ -129,19 +131,31 @@ class Run:
         top = L.empty_top_bags_data(self.frame, self.bag_px,
                                     f"{self.slide_name} {L.TOP_ROLE}",
                                     {**meta, keys.ROLE: L.TOP_ROLE})
-        # hidden (and so not drawn) while it is empty: the first draw of a Shapes layer
-        # costs ~0.15 s here, better spent when the result is in
-        top[1]["visible"] = False
+        # shown (empty) from the start: its first draw here, while the CPU is free,
+        # makes the one with the top bags at the end ~0.1-0.2 s shorter (software GL)
         out.append((L.TOP_ROLE, top))
         return out
 
     def add_layer(self, role: str, data: tuple) -> None:
-        """Add one of :meth:`empty_layers` (nothing once the run stopped running)."""
+        """Add one of :meth:`empty_layers` (nothing once the run stopped running),
+        hidden and not made active: its first draw is :meth:`show_layers`' turn (docs/
+        gui.md, Responsiveness)."""
         if self.state is not RunState.RUNNING:
             return
-        layer = Layer.create(*data)
+        data, kw, kind = data
+        if kw.get("visible", True):
+            self.to_show.append(role)
+        layer = Layer.create(data, {**kw, "visible": False}, kind)
         self.layers[role] = layer
-        self.viewer.layers.append(layer)
+        insert_inactive(self.viewer, len(self.viewer.layers), layer)
+
+    def show_layer(self) -> None:
+        """Show the next layer :meth:`add_layer` added hidden that is meant to be seen
+        (one per event-loop turn: each is drawn the first time then)."""
+        if self.to_show and self.state is RunState.RUNNING:
+            layer = self.layers.get(self.to_show.pop(0))
+            if layer is not None:
+                layer.visible = True
 
     # ------------------------------------------------------------ progressive painting
     def on_tissue(self, boxes: np.ndarray, cell_shown: np.ndarray | None = None) -> None:
@@ -241,11 +255,6 @@ class Run:
         if by_role is None:
             by_role = self.finish_data(result, saved, display)
 
-        def show_top_bags():
-            layer = self.layers.get(L.TOP_ROLE)
-            if layer is not None:
-                layer.visible = True
-
         def show_top_labels():
             layer = self.layers.get(L.TOP_ROLE)
             if layer is not None:
@@ -265,7 +274,7 @@ class Run:
 
         return [*(lambda r=r: self._update_layer(r, *by_role[r])
                   for r in L.ROLE_ORDER if r in by_role),
-                show_top_bags, show_top_labels, replace_previous, show_result]
+                show_top_labels, replace_previous, show_result]
 
     def _update_layer(self, role: str, data, kw: dict, kind: str) -> None:
         layer = self.layers.get(role)

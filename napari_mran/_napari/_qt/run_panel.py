@@ -107,8 +107,9 @@ class RunPanel(QWidget):
         # the CPU is free: adding a layer (with its controls) and drawing it the first
         # time costs ~0.1 s here but 0.3-0.5 s on a 2-core machine busy with the model.
         run.hide_previous_results()
-        steps = [lambda r=role, t=tup: run.add_layer(r, t)
-                 for role, tup in run.empty_layers(self._display())]
+        layers = run.empty_layers(self._display())
+        steps = [lambda r=role, t=tup: run.add_layer(r, t) for role, tup in layers]
+        steps += [run.show_layer for _role, tup in layers if tup[1].get("visible", True)]
 
         def launch():
             if run.state is not RunState.RUNNING or run is not self.run:
