@@ -133,3 +133,36 @@ def test_not_a_predict_folder(tmp_path):
         CohortTable.open(tmp_path)
     with pytest.raises(CohortReviewError, match="not a folder"):
         CohortTable.open(tmp_path / "predictions.csv")
+
+
+def test_a_real_degraded_slide_is_flagged_and_filtered(tmp_path):
+    """A slide with a damaged tissue tile (one of its two bags fails to decode; the
+    cohort allows half) is a degraded row with one failed bag, and the only one the
+    "degraded" filter keeps."""
+    import tifffile
+    from test_damaged_tiles import _interior_tissue_tile
+
+    from datafiles import shared
+    from napari_mran.cohort import run_cohort
+    from napari_mran.inference import AnalysisOptions
+    from slide_writers import set_tile_bytecount
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("intact.svs", "damaged.svs"):
+        shutil.copy(shared("CMU-1-Small-Region.svs"), slides / name)
+        (slides / name).chmod(0o644)
+    index, *_ = _interior_tissue_tile(slides / "damaged.svs")
+    set_tile_bytecount(slides / "damaged.svs", 0, index, 64)  # the tile cut after 64 bytes
+    with tifffile.TiffFile(slides / "damaged.svs") as tif:
+        assert tif.pages[0].databytecounts[index] == 64
+    out = tmp_path / "pred"
+    run_cohort([slides], "demo", out, AnalysisOptions(max_failed_fraction=0.5), workers=0)
+    t = CohortTable.open(out)
+    for i, details in t.iter_details():
+        t.apply_details(i, details)
+    rows = _by_name(t)
+    assert rows["damaged.svs"].degraded is True and rows["damaged.svs"].failed_bags == 1
+    assert rows["intact.svs"].degraded is False and rows["intact.svs"].failed_bags == 0
+    kept = {t.rows[i].name for i in t.order(row_filter=RowFilter(only_degraded=True))}
+    assert kept == {"damaged.svs"}
