@@ -27,6 +27,8 @@ __all__ = ["REVIEWS_GROUP", "array_sha256", "chunk_files", "foreign_entries",
 #: the one sub-group a results store may hold besides its arrays: the review marks
 #: (docs/review.md), outside the store's checksums; only its ``zarr.json`` is allowed
 REVIEWS_GROUP = "reviews"
+#: the name an atomic save of the marks writes first (napari_mran._atomic)
+_REVIEWS_PARTIAL = re.compile(r"^\.zarr\.json\.partial-\d+-[0-9a-f]{8}$")
 
 
 def zarr_write(folder: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
@@ -137,7 +139,10 @@ def foreign_entries(
             if not parts:
                 ok = fname in top_files or temp_of(fname, {"zarr.json"})
             elif parts[0] == REVIEWS_GROUP and parts[0] not in names:
-                ok = len(parts) == 1 and fname == "zarr.json"
+                # the marks, or the hidden leftover of a killed save of them (removed by
+                # the next load or save of the marks)
+                ok = len(parts) == 1 and (fname == "zarr.json"
+                                          or bool(_REVIEWS_PARTIAL.match(fname)))
             elif parts[0] in names:
                 if len(parts) == 1:
                     ok = fname == "zarr.json" or temp_of(fname, {"zarr.json"})
