@@ -30,6 +30,8 @@ class Swap:
     collection after each) and a new layer: ~0.2 s each.  New result layers below it
     get their result (``keys.RESULT``) only just before it goes in, so that the widget
     finds the whole set when it adopts (the layers go in one per event-loop turn).
+    Without *announce*, every result layer gets its new metadata in the last step, at
+    once (for a widget that follows ``layer.events.metadata``).
     """
 
     def __init__(self, viewer, own: list, tuples: list[tuple], announce: bool = True):
@@ -64,15 +66,20 @@ class Swap:
     def _place(self, role, layer_data: tuple) -> None:
         if role == self.announce:
             self._complete()
+        data, kw, kind = layer_data
+        meta = kw.get("metadata") or {}
         layer = self.reuse.get(role)
         if layer is not None and layer in self.viewer.layers:
-            L.update_layer(layer, *layer_data)
+            if self.announce is None and keys.RESULT in meta:
+                # without an inserted layer, the widget may follow the layers' metadata:
+                # the whole set changes result at once, in the last step
+                self.pending.append((role, meta))
+                kw = {**kw, "metadata": dict(layer.metadata)}  # (napari clears, then fills)
+            L.update_layer(layer, data, kw, kind)
             if keys.RESULT in layer.metadata:
                 install_hover(layer)  # (its frame changes with the slide)
             return
-        data, kw, kind = layer_data
-        meta = kw.get("metadata") or {}
-        if self.announce is not None and role != self.announce and keys.RESULT in meta:
+        if role != self.announce and keys.RESULT in meta:
             self.pending.append((role, meta))
             kw = {**kw, "metadata": {k: v for k, v in meta.items() if k != keys.RESULT}}
         layer = Layer.create(data, kw, kind)

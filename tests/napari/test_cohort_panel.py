@@ -132,6 +132,31 @@ def test_row_switch_updates_layers_in_place(make_napari_viewer, qtbot, folder):
     assert len(after[L.TOP_ROLE].data) == min(10, result.n_bags)
 
 
+def test_row_switch_without_announce_keeps_every_layer(make_napari_viewer, qtbot, folder,
+                                                      monkeypatch):
+    """ANNOUNCE_BY_INSERT off: every layer is updated in place, and the result layers all
+    change result together (in the last step)."""
+    monkeypatch.setattr(CP, "ANNOUNCE_BY_INSERT", False)
+    viewer, panel = _panel(make_napari_viewer, qtbot, folder)
+    _show(qtbot, panel, "slide_0000.svs")
+    before = _by_role(viewer)
+    old = before[L.TOP_ROLE].metadata[keys.RESULT]
+    seen = []  # the results of the result layers each time one's metadata changes
+    for ly in viewer.layers:
+        ly.events.metadata.connect(lambda e: seen.append(
+            {id(x.metadata.get(keys.RESULT)) for x in viewer.layers} - {id(None)}))
+    _show(qtbot, panel, "slide_0001.svs")
+    after = _by_role(viewer)
+    assert list(after) == list(before)
+    assert all(after[r] is before[r] for r in before) and len(viewer.layers) == 6
+    result = after[L.TOP_ROLE].metadata[keys.RESULT]
+    assert "slide_0001" in result.slide_name and len(after[L.TOP_ROLE].data) > 0
+    assert all(ly.metadata[keys.RESULT] is result for r, ly in after.items()
+               if r != L.SLIDE_ROLE)
+    # the result layers kept the previous result until the last step set all five
+    assert all(x == {id(old)} for x in seen[:-5]) and seen[-1] == {id(result)}
+
+
 def test_analyze_widget_follows_the_rows(make_napari_viewer, qtbot, folder):
     """With the Analyze widget docked, each row's result is the one its panels control
     (its Review tab must never mark the previous row's store)."""
