@@ -6,9 +6,13 @@ in a real napari window (Xvfb when there is no display), waits for every row's d
 then browses S slides with the next-slide shortcut (Ctrl+Shift+Down), each time until
 its layers are in.  A 10 ms QTimer records the event loop's gaps.  Prints the worst
 stall, the counts over 100 / 250 ms and the RSS growth over the browse, and writes them
-to docs/performance.md ("Cohort review: browsing").
+to docs/performance.md ("Cohort review: browsing, latest run").
 
-    python benchmarks/bench_cohort_browse.py --slides 100 --browse 20
+    python benchmarks/bench_cohort_browse.py --slides 100 --browse 20 [--profile]
+
+``--profile`` prints where the main thread was during the stalls (``_stall_sampler``);
+``--no-announce`` measures the panel updating every layer in place, the topmost too
+(``cohort_panel.ANNOUNCE_BY_INSERT = False``).
 """
 
 from __future__ import annotations
@@ -180,7 +184,7 @@ def main() -> int:
     if not args.no_doc:
         from _doc import write_section
 
-        write_section("performance.md", "Cohort review: browsing", _doc_body(text))
+        write_section("performance.md", "Cohort review: browsing, latest run", _doc_body(text))
     return 0
 
 

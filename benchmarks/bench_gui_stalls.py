@@ -6,7 +6,10 @@ tiny random model, one bag per event), with a 10 ms QTimer recording the gaps be
 ticks.  Prints, for each run and phase (the empty layers are added / the analysis runs /
 the result is shown), the worst stall and the number of stalls over 100 ms.
 
-    QT_QPA_PLATFORM=xcb python benchmarks/bench_gui_stalls.py --runs 3
+    QT_QPA_PLATFORM=xcb python benchmarks/bench_gui_stalls.py --runs 3 [--profile]
+
+``--profile`` also prints, per phase, where the main thread was while the event loop was
+late (``_stall_sampler``: stack samples every 5 ms once a tick is 40 ms overdue).
 
 Each run is a fresh interpreter (first-use costs are part of what a user sees).
 Targets (issue, part 6): worst stall <= 150 ms; no stall over 100 ms once layers exist.
