@@ -11,8 +11,10 @@ to docs/performance.md ("Cohort review: browsing, latest run").
     python benchmarks/bench_cohort_browse.py --slides 100 --browse 20 [--profile]
 
 ``--profile`` prints where the main thread was during the stalls (``_stall_sampler``);
-``--no-announce`` measures the panel updating every layer in place, the topmost too
-(``cohort_panel.ANNOUNCE_BY_INSERT = False``).
+``--announce`` measures the old way (the topmost result layer re-inserted on every row,
+``cohort_panel.ANNOUNCE_BY_INSERT = True``); ``--with-analyze`` docks the Analyze slide
+widget too, which adopts each row's result (its Result and Review tabs), as a
+pathologist working with both docks sees it.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def wait(signal=None, cond=None, timeout_ms: int = 60000) -> None:
         signal.disconnect(loop.quit)
 
 
-def run(folder: Path, browse: int, profile: bool = False) -> dict:
+def run(folder: Path, browse: int, profile: bool = False, with_analyze: bool = False) -> dict:
     import napari
     import psutil
     from qtpy.QtCore import Qt
@@ -104,6 +106,8 @@ def run(folder: Path, browse: int, profile: bool = False) -> dict:
     viewer = napari.Viewer(show=True)
     panel = CohortPanel(viewer)
     viewer.window.add_dock_widget(panel, name="Cohort review")
+    if with_analyze:
+        viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
     window = viewer.window._qt_window
     wait(cond=lambda: False, timeout_ms=1500)  # the window is up, pre-warming done
     sampler = None
@@ -126,12 +130,17 @@ def run(folder: Path, browse: int, profile: bool = False) -> dict:
         sampler.samples.clear()
     t0 = time.perf_counter()
     mods = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+    seen, per_slide = [], []
     for _ in range(browse):
         QTest.keyClick(window, Qt.Key.Key_Down, mods)
         wait(signal=panel.row_shown)
         rss.append(proc.memory_info().rss)
+        got = gaps.take()
+        seen += got
+        per_slide.append(max(got, default=0))
+    wait(cond=lambda: False, timeout_ms=300)  # what the last row's show leaves queued
+    seen += gaps.take()
     browse_s = time.perf_counter() - t0
-    seen = gaps.take()
     if sampler is not None:
         sampler.stop()
         from _stall_sampler import stall_paths
@@ -141,7 +150,7 @@ def run(folder: Path, browse: int, profile: bool = False) -> dict:
     n_layers = len(viewer.layers)
     viewer.close()
     return {"load": load, "browse_gaps": seen, "browse_s": browse_s, "rss": rss,
-            "layers_at_end": n_layers}
+            "layers_at_end": n_layers, "per_slide": per_slide}
 
 
 def report(n: int, browse: int, out: dict) -> str:
@@ -156,6 +165,7 @@ def report(n: int, browse: int, out: dict) -> str:
         f"browsing {browse} slides ({out['browse_s'] / browse:.2f} s per slide): worst stall "
         f"{max(g)} ms, {sum(x > 100 for x in g)} stalls over 100 ms, "
         f"{sum(x > 250 for x in g)} over 250 ms",
+        "worst stall per slide (ms): " + " ".join(str(x) for x in out["per_slide"]),
         f"RSS after the first slide {out['rss'][0] / 2**20:.0f} MiB, peak growth over the "
         f"browse {growth:.0f} MiB (second half: {late:.0f} MiB); layers at the end: "
         f"{out['layers_at_end']}",
@@ -167,19 +177,21 @@ def main() -> int:
     ap.add_argument("--slides", type=int, default=100)
     ap.add_argument("--browse", type=int, default=20)
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
-    ap.add_argument("--no-announce", action="store_true",
-                    help="update every layer in place, the topmost too (what the panel "
-                         "does once the Analyze widget follows layer metadata)")
+    ap.add_argument("--with-analyze", action="store_true",
+                    help="dock the Analyze slide widget too (it adopts each row's result)")
+    ap.add_argument("--announce", action="store_true",
+                    help="the old way: re-insert the topmost result layer on every row")
     ap.add_argument("--profile", action="store_true",
                     help="print where the browse's stalls were (stack samples while late)")
     args = ap.parse_args()
     _ensure_display()
     folder = cohort_folder(args.slides)
-    if args.no_announce:
+    if args.announce:
         from napari_mran._napari._qt import cohort_panel
 
-        cohort_panel.ANNOUNCE_BY_INSERT = False
-    text = report(args.slides, args.browse, run(folder, args.browse, args.profile))
+        cohort_panel.ANNOUNCE_BY_INSERT = True
+    text = report(args.slides, args.browse,
+                  run(folder, args.browse, args.profile, args.with_analyze))
     print(text)
     if not args.no_doc:
         from _doc import write_section

@@ -134,15 +134,20 @@ def apply_display(shown: Shown, display: Display, refresh_data: bool = True
     (``refresh_data=False``: the layers already show them).  Returns the contrast
     limits of each level shown."""
     limits: dict[str, tuple[float, float]] = {}
+    wanted = {keys.WEIGHTING: display.weighting, keys.SCALING: display.scaling,
+              keys.TOP_PERCENT: float(display.top_percent)}
     for level, layer in shown.attention_layers():
         apply_colormap(layer, level, display.colormap)
-        if refresh_data:
+        meta = layer.metadata or {}
+        # a layer that already shows this result this way (a result opened by the reader
+        # or a cohort row) keeps its data: re-rasterising it stalls the event loop
+        current = meta.get(keys.RESULT) is shown.result and all(
+            meta.get(k) == v for k, v in wanted.items())
+        if refresh_data and not current:
             full = shown.result.heatmap(level, display.weighting).data
             layer.data = keep_top_fraction(full, display.top_percent)
             layer.contrast_limits = contrast_limits(full, display.scaling)
-            layer.metadata = {**layer.metadata, keys.WEIGHTING: display.weighting,
-                              keys.SCALING: display.scaling,
-                              keys.TOP_PERCENT: float(display.top_percent)}
+            layer.metadata = {**layer.metadata, **wanted}
         limits[level] = tuple(layer.contrast_limits)
     return limits
 

@@ -105,10 +105,11 @@ def _by_role(viewer) -> dict:
     return {L.layer_role(ly.metadata): ly for ly in viewer.layers}
 
 
-def test_row_switch_updates_layers_in_place(make_napari_viewer, qtbot, folder):
-    """The previous row's layers show the next row (the same layer objects with the new
-    slide, heatmaps, metadata and names; the user's visibility kept); only the topmost
-    result layer is added anew, so the Analyze widget adopts the new result."""
+def test_row_switch_updates_layers_in_place(make_napari_viewer, qtbot, folder, monkeypatch):
+    """ANNOUNCE_BY_INSERT on (the old way): the previous row's layers show the next row
+    (the same layer objects with the new slide, heatmaps, metadata and names; the user's
+    visibility kept); only the topmost result layer is added anew."""
+    monkeypatch.setattr(CP, "ANNOUNCE_BY_INSERT", True)
     viewer, panel = _panel(make_napari_viewer, qtbot, folder)
     _show(qtbot, panel, "slide_0000.svs")
     before = _by_role(viewer)
@@ -134,9 +135,9 @@ def test_row_switch_updates_layers_in_place(make_napari_viewer, qtbot, folder):
 
 def test_row_switch_without_announce_keeps_every_layer(make_napari_viewer, qtbot, folder,
                                                       monkeypatch):
-    """ANNOUNCE_BY_INSERT off: every layer is updated in place, and the result layers all
-    change result together (in the last step)."""
-    monkeypatch.setattr(CP, "ANNOUNCE_BY_INSERT", False)
+    """ANNOUNCE_BY_INSERT off (the default): every layer is updated in place, and the
+    result layers all change result together (in the last step)."""
+    assert CP.ANNOUNCE_BY_INSERT is False
     viewer, panel = _panel(make_napari_viewer, qtbot, folder)
     _show(qtbot, panel, "slide_0000.svs")
     before = _by_role(viewer)

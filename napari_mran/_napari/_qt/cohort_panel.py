@@ -41,11 +41,29 @@ from .perf import glyph_prewarm_steps, in_turns, prewarm_layer_types
 #: the keyboard shortcuts of next / previous slide (napari binds neither)
 NEXT_KEY, PREVIOUS_KEY = "Ctrl+Shift+Down", "Ctrl+Shift+Up"
 SORT_ROLE = Qt.ItemDataRole.UserRole
-#: Re-insert the topmost result layer on every row (instead of updating it in place):
-#: the Analyze widget adopts a result only from an inserted layer (docs/performance.md,
-#: "Cohort review: browsing").  False once it also follows ``layer.events.metadata``.
-ANNOUNCE_BY_INSERT = True
+#: Re-insert the topmost result layer on every row instead of updating it in place (the
+#: Analyze widget used to adopt a result only from an inserted layer; it now also follows
+#: ``layer.events.metadata``, so every layer is updated in place: docs/performance.md,
+#: "Cohort review: browsing").
+ANNOUNCE_BY_INSERT = False
 _PROBLEM = QBrush(QColor(230, 90, 90))
+_FROZEN = False
+
+
+def freeze_startup_objects() -> None:
+    """Once per process, when a cohort folder is first opened (napari, Qt and the
+    plugin loaded; torch too when the Analyze dock is open): move every object alive to the garbage collector's permanent
+    generation.  Without it, a full collection now and then scans those ~hundreds of MB
+    of long-lived objects and stalls the event loop 250-370 ms while browsing
+    (docs/performance.md, "Cohort review: browsing").  Objects freed by reference
+    counting are freed as before; only cyclic garbage among the frozen objects stays.
+    ``NAPARI_MRAN_NO_GC_FREEZE=1`` turns it off."""
+    global _FROZEN
+    if not _FROZEN and not os.environ.get("NAPARI_MRAN_NO_GC_FREEZE"):
+        import gc
+
+        gc.freeze()  # (no collection first: that alone is a 250 ms stall; what garbage
+        _FROZEN = True  # is alive now stays, once)
 
 
 class CohortModel(QAbstractTableModel):
@@ -226,6 +244,7 @@ class CohortPanel(QWidget):
         except CohortReviewError as exc:
             notifications.show_error(f"napari-mran: {exc}")
             return False
+        freeze_startup_objects()
         self._stop_details()
         self._token += 1
         self._remove_own()

@@ -300,13 +300,23 @@ class AnalyzeSlideWidget(QWidget):
             self._adopt(results[-1])
 
     def _on_layer_inserted(self, event) -> None:
-        result = (event.value.metadata or {}).get(keys.RESULT)
+        # a layer given another result later (the Cohort review dock reuses its layers)
+        event.value.events.metadata.connect(self._on_layer_metadata)
+        self._follow_result_of(event.value)
+
+    def _on_layer_metadata(self, event) -> None:
+        self._follow_result_of(event.source)
+
+    def _follow_result_of(self, layer) -> None:
+        """A layer now holding a result that is not the shown one (opened with the
+        reader, or a cohort row shown in reused layers): adopt it once all its layers
+        are in (the next event-loop turn); never a layer of the running analysis."""
+        result = (layer.metadata or {}).get(keys.RESULT)
         if result is None or (self._shown is not None and self._shown.result is result):
             return
         run = self.runner.run
-        if run is not None and any(ly is event.value for ly in run.layers.values()):
+        if run is not None and any(ly is layer for ly in run.layers.values()):
             return
-        # a result opened with the reader: adopt it once all its layers are in
         QTimer.singleShot(0, lambda r=result: self._adopt(r))
 
     def _adopt(self, result) -> None:
