@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     slide_layer = viewer.add_layer(Layer.create(*L.slide_layer_data(
         open_slide(sample_slide_path()))))
     viewer.reset_view()
-    viewer.scale_bar.visible = True
+    viewer.canvas.overlays.scale_bar.visible = True
     data, kw, kind = next(t for t in L.result_layer_data(result, SlideFrame.from_layer(
         slide_layer)) if t[1]["name"].endswith(L.ROLES["patch"]))
     for name, extra in (("overlay-before.png", {"colormap": "viridis", "opacity": 0.6}),

@@ -103,7 +103,13 @@ def get_results_reader(path):
 
 def _results_reader(result, store_path: str):
     def read(_path):
-        return results_layer_data(result, store_path)
+        from .roi_layers import recorded_region_data
+
+        layers = results_layer_data(result, store_path)
+        frame = next((kw.get("metadata", {}).get(keys.FRAME) for _d, kw, _k in layers
+                      if keys.FRAME in kw.get("metadata", {})), None)
+        region = recorded_region_data(result, frame)  # the region it was analysed inside
+        return layers + ([region] if region is not None else [])
     return read
 
 

@@ -4,6 +4,7 @@ level-0 pixels of a slide, and a Region as Shapes layer data (docs/roi.md)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,8 @@ from ..roi import Region, RoiError, make_region
 from . import keys
 from .frame import SlideFrame
 
-__all__ = ["AREA_SHAPES", "ELLIPSE_POINTS", "region_from_shapes", "region_layer_data",
-           "shapes_source"]
+__all__ = ["AREA_SHAPES", "ELLIPSE_POINTS", "recorded_region_data", "region_from_shapes",
+           "region_layer_data", "shapes_source"]
 
 #: shape types that are areas (paths and lines are not)
 AREA_SHAPES = ("polygon", "rectangle", "ellipse")
@@ -113,3 +114,22 @@ def with_region(options: Any, layers: Any, name: str | None, slide_layer: Any) -
     size = None if slide is None else tuple(slide.dimensions)
     region = region_from_shapes(layers[name], SlideFrame.from_layer(slide_layer), size)
     return options.replace(roi=region)
+
+
+def recorded_region_data(result: Any, frame: SlideFrame | None) -> tuple | None:
+    """``(data, kwargs, "shapes")``: the outline of the region a result was analysed
+    inside, from its provenance (None without one, or when its geometry was too large
+    to be recorded)."""
+    rec = (result.provenance or {}).get("region")
+    polys = rec.get("polygons") if isinstance(rec, dict) else None
+    if not polys:
+        return None
+    frame = frame or SlideFrame.from_result(result)
+    region = Region(polygons=tuple(tuple(np.asarray(r, np.float64) for r in poly)
+                                   for poly in polys),
+                    source=str(rec.get("source") or "region"))
+    data, kwargs = region_layer_data(region, frame)
+    name = result.slide_name or "slide"
+    kwargs = {**kwargs, "name": f"{name} region ({os.path.basename(region.source)})",
+              **frame.layer_units()}
+    return data, kwargs, "shapes"

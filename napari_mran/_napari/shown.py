@@ -84,10 +84,19 @@ def show_scale_bar(viewer, slide) -> bool:
     if viewer is None or getattr(slide, "mpp", None) is None or viewer in _SCALE_BAR_SET:
         return False
     _SCALE_BAR_SET.add(viewer)
-    if viewer.scale_bar.visible:
+    bar = scale_bar_of(viewer)
+    if bar.visible:
         return False
-    viewer.scale_bar.visible = True
+    bar.visible = True
     return True
+
+
+def scale_bar_of(viewer):
+    """The viewer's scale-bar overlay (``viewer.canvas.overlays`` since napari 0.9,
+    where ``viewer.scale_bar`` is deprecated; that one before)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    bar = overlays.get("scale_bar") if overlays is not None else None
+    return bar if bar is not None else viewer.scale_bar
 
 
 def same_file(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:

@@ -149,14 +149,18 @@ def test_colour_bars_follow_layer_and_show_units(make_napari_viewer, qtbot, cmu_
 
 
 def test_scale_bar_on_once_in_micrometres(make_napari_viewer, qtbot):
+    from napari_mran._napari.shown import scale_bar_of
+
     viewer = make_napari_viewer(show=True)
-    assert not viewer.scale_bar.visible
+    bar = scale_bar_of(viewer)
+    assert bar is viewer.canvas.overlays.scale_bar  # napari 0.9's, not the deprecated one
+    assert not bar.visible
     viewer.open(str(sample_slide_path()), plugin="napari-mran")
-    assert viewer.scale_bar.visible
+    assert bar.visible
     assert tuple(str(u) for u in viewer.layers[0].units) == ("micrometer", "micrometer")
-    viewer.scale_bar.visible = False  # the user turns it off: opening again keeps it off
+    bar.visible = False  # the user turns it off: opening again keeps it off
     viewer.open(str(sample_slide_path()), plugin="napari-mran")
-    assert not viewer.scale_bar.visible
+    assert not bar.visible
     assert not show_scale_bar(viewer, open_slide(sample_slide_path()))
 
 
