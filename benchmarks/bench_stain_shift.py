@@ -151,7 +151,11 @@ def fine_tuned(review: Path, tmp: Path, args) -> tuple[object, str, list]:
 
 
 def _key(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("work", "boot")}
+    """What a seed's figures depend on (the optional flags only when not at their default)."""
+    key = {k: v for k, v in vars(args).items() if k not in ("work", "boot", "shifts", "no_finetune")}
+    if args.shifts != ["scanner-b", PALE["name"]] or args.no_finetune:
+        key.update(shifts=args.shifts, no_finetune=args.no_finetune)
+    return key
 
 
 def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
@@ -161,11 +165,11 @@ def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
     held, rev_seed, t0 = COHORT_SEED + i, REVIEW_SEED + i, time.perf_counter()
     lo, hi = args.tumour_fraction
     root = work / f"heldout-{held}-{args.size}-{args.slides}x{args.tumour_slides}-{lo}-{hi}"
-    shifts = {"scanner-b": "scanner-b", PALE["name"]: StainShift(**PALE)}
+    shifts = {n: (StainShift(**PALE) if n == PALE["name"] else n) for n in args.shifts}
     for name, shift in (("unshifted", None), *shifts.items()):
         make_heldout(root / name, held, args, shift)
     review = work / f"review-{rev_seed}-{args.review_size}" / "scanner-b"
-    if not (review / "labels.csv").is_file():
+    if not args.no_finetune and not (review / "labels.csv").is_file():
         make_cohort(review, 6, rev_seed, args.review_size, args.review_size, stain_shift="scanner-b")
     made = time.perf_counter() - t0
     print(f"seed {i}: cohorts ready in {made:.0f} s", flush=True)
@@ -184,7 +188,7 @@ def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
         measure(f"{name}, demo model", root / name, models["demo"], "off")
         for m in METHODS:
             measure(f"{name}, demo model + {m}", root / name, models[m], m)
-        if name == "scanner-b":
+        if name == "scanner-b" and not args.no_finetune:
             model, what, reviews = fine_tuned(review, tmp / f"ft-{i}", args)
             measure(f"{name}, fine-tuned ({what})", root / name, model, "off")
     return {"seed": i, "heldout_seed": held, "review_seed": rev_seed, "rows": rows,
@@ -205,6 +209,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--work", default=None, help="keep cohorts and per-seed figures here")
+    ap.add_argument("--shifts", nargs="+", default=["scanner-b", PALE["name"]],
+                    choices=["scanner-b", PALE["name"]])
+    ap.add_argument("--no-finetune", action="store_true", help="skip review + fine-tuning")
     args = ap.parse_args(argv)
     args.tumour_fraction = [float(v) for v in args.tumour_fraction]
     return args
@@ -238,8 +245,7 @@ def main(argv=None) -> None:
 
 
 def report(args, per_seed: list[dict], elapsed: float) -> None:
-    shifts = ["scanner-b", PALE["name"]]
-    verdicts = [st.verdicts(s["rows"], shifts, METHODS) for s in per_seed]
+    verdicts = [st.verdicts(s["rows"], args.shifts, METHODS) for s in per_seed]
     (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "out" / "bench_stain_shift.json").write_text(json.dumps(
         {"args": vars(args), "seeds": {"heldout": COHORT_SEED, "reference": REFERENCE_SEED,
@@ -252,11 +258,13 @@ def report(args, per_seed: list[dict], elapsed: float) -> None:
         f"Measured by `nice -n 19 .venv/bin/python benchmarks/bench_stain_shift.py --seeds "
         f"{args.seeds} --slides {args.slides} --tumour-slides {args.tumour_slides} --size "
         f"{args.size} --tumour-fraction {lo} {hi} --review-size {args.review_size} --epochs "
-        f"{args.epochs} --lr {args.lr} --boot {args.boot} --work DIR` on this shared 2-core CPU: "
+        f"{args.epochs} --lr {args.lr} --boot {args.boot}"
+        + (f" --shifts {' '.join(args.shifts)}" if args.shifts != ["scanner-b", PALE["name"]] else "")
+        + (" --no-finetune" if args.no_finetune else "") + f" --work DIR` on this shared 2-core CPU: "
         f"{run:.0f} s for the {args.seeds} seeds ({made:.0f} s of it making cohorts). Per seed i: "
         f"held-out cohort seed {COHORT_SEED}+i ({args.slides} slides of {args.size} px, "
         f"{args.tumour_slides} tumour, tumour {lo:.0%}-{hi:.0%} of the tissue), unshifted, "
-        f"`scanner-b` and `{PALE['name']}`; review cohort seed {REVIEW_SEED}+i (scanner-b). "
+        f"{', '.join(args.shifts)}; review cohort seed {REVIEW_SEED}+i (scanner-b). "
         f"Bag-localisation AUC: downstream bag attention gamma vs ground truth, pooled over "
         f"the tumour slides; a bag is tumour when >= 50 % (or >= 25 %) of it is tumour, "
         f"normal when < 1 %. [95 % CI]: percentile bootstrap, {args.boot} resamples of the "
