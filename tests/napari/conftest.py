@@ -42,3 +42,13 @@ def _software_gl_guard():
     except Exception:  # noqa: BLE001 - no vispy: the GUI tests are skipped anyway
         return
     install()
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """The error notifications shown during the test (collected, not shown)."""
+    from napari.utils import notifications
+
+    seen: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", seen.append)
+    return seen

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cohort_folder import build_cohort
-from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 
@@ -30,13 +29,6 @@ def folder(cohort, tmp_path) -> Path:
     out = tmp_path / "pred"
     shutil.copytree(cohort, out)
     return out
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", seen.append)
-    return seen
 
 
 def _panel(make_napari_viewer, qtbot, folder):

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from napari.utils import notifications
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
@@ -38,13 +37,6 @@ def store(analysed, tmp_path) -> Path:
     out = tmp_path / "cmu.mran.zarr"
     shutil.copytree(analysed, out)
     return out
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", seen.append)
-    return seen
 
 
 def _open_in_widget(make_napari_viewer, qtbot, store: Path):

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cohort_folder import build_cohort
-from napari.utils import notifications
 from qtpy.QtCore import QPoint, QSettings, Qt
 from qtpy.QtTest import QTest
 
@@ -37,13 +36,6 @@ def folder(cohort, tmp_path) -> Path:
     out = tmp_path / "pred"
     shutil.copytree(cohort, out)
     return out
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", seen.append)
-    return seen
 
 
 def _open(viewer, store: Path):

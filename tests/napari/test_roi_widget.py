@@ -11,22 +11,11 @@ from napari.utils import notifications
 from qtpy.QtCore import Qt
 
 from napari_mran._napari import keys
-from napari_mran._napari._qt import widget as W
 from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.roi_layers import (ELLIPSE_POINTS, region_from_shapes,
                                             region_layer_data)
 from napari_mran._napari.sample_data import sample_slide_path
-
-
-def _dock(viewer, qtbot):
-    viewer.open(str(sample_slide_path()), plugin="napari-mran")
-    _dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
-    assert isinstance(widget, W.AnalyzeSlideWidget)
-    qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
-    qtbot.waitUntil(lambda: widget.models.model is not None, timeout=30000)
-    widget.settings.save_check.setChecked(False)
-    widget.settings.compile_combo.setCurrentIndex(2)
-    return widget
+from docking import open_and_dock
 
 
 def _choices(widget) -> list[str]:
@@ -41,7 +30,7 @@ def _world_rect(frame: SlideFrame, x0, y0, x1, y1) -> np.ndarray:
 
 def test_analyse_inside_a_drawn_rectangle(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer(show=True)
-    widget = _dock(viewer, qtbot)
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
     assert _choices(widget) == ["whole slide"]
     slide_layer = widget.current_slide_layer()
     frame = SlideFrame.from_layer(slide_layer)
@@ -75,7 +64,7 @@ def test_analyse_inside_a_drawn_rectangle(make_napari_viewer, qtbot, monkeypatch
 
 def test_bad_geometry_is_a_notification(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer(show=True)
-    widget = _dock(viewer, qtbot)
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
     frame = SlideFrame.from_layer(widget.current_slide_layer())
     bow = np.array([frame.to_world(*p) for p in [(100, 100), (1500, 900), (1500, 100),
                                                  (100, 800)]])

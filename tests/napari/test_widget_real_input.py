@@ -11,9 +11,9 @@ from qtpy.QtCore import Qt
 from slide_writers import write_svs_pyramid
 
 from napari_mran._napari import layers as L
-from napari_mran._napari._qt import widget as W
 from napari_mran._napari.sample_data import sample_slide_path
 from napari_mran.model import load_model
+from docking import open_and_dock
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +24,6 @@ def grey_slide(tmp_path_factory):
                              np.repeat(grey[..., None], 3, axis=2), downsamples=(1, 4))
 
 
-def _open_and_dock(viewer, qtbot, path):
-    viewer.open(str(path), plugin="napari-mran")
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
-    assert isinstance(widget, W.AnalyzeSlideWidget)
-    qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
-    # the bundled demo model is picked by default
-    qtbot.waitUntil(lambda: widget.models.model is not None, timeout=30000)
-    widget.settings.save_check.setChecked(False)
-    widget.settings.compile_combo.setCurrentIndex(2)
-    return widget
-
-
 def _analyse(qtbot, widget):
     qtbot.mouseClick(widget.runner.analyze_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=90000)
@@ -43,7 +31,7 @@ def _analyse(qtbot, widget):
 
 def test_grey_slide_refused_with_reason_then_override(make_napari_viewer, qtbot, grey_slide):
     viewer = make_napari_viewer(show=True)
-    widget = _open_and_dock(viewer, qtbot, grey_slide)
+    widget = open_and_dock(viewer, qtbot, grey_slide)
     _analyse(qtbot, widget)
     assert widget.runner.last_error and "not a brightfield H&E image" in widget.runner.last_error
     assert "no colour" in widget.runner.progress_label.text()
@@ -57,7 +45,7 @@ def test_grey_slide_refused_with_reason_then_override(make_napari_viewer, qtbot,
 
 def test_demo_model_named_in_layers_and_prediction(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
-    widget = _open_and_dock(viewer, qtbot, sample_slide_path())
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
     assert getattr(widget.models.model, "is_demo", False)
     assert "DEMO model" in widget.models.info.text()
     _analyse(qtbot, widget)
@@ -75,7 +63,7 @@ def test_checkpoint_model_is_not_called_demo(make_napari_viewer, qtbot, tmp_path
 
     torch.manual_seed(0)
     viewer = make_napari_viewer(show=True)
-    widget = _open_and_dock(viewer, qtbot, sample_slide_path())
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
     widget.set_model(MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval(),
                      "tiny")
     assert "DEMO" not in widget.models.info.text()

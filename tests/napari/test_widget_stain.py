@@ -10,24 +10,13 @@ from napari.utils import notifications
 from PIL import Image
 from qtpy.QtCore import Qt
 
-from napari_mran._napari._qt import widget as W
 from napari_mran._napari.sample_data import sample_slide_path
-
-
-def _dock(viewer, qtbot):
-    viewer.open(str(sample_slide_path()), plugin="napari-mran")
-    _dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-mran", "Analyze slide")
-    assert isinstance(widget, W.AnalyzeSlideWidget)
-    qtbot.waitUntil(lambda: widget._env is not None, timeout=30000)
-    qtbot.waitUntil(lambda: widget.models.model is not None, timeout=30000)
-    widget.settings.save_check.setChecked(False)
-    widget.settings.compile_combo.setCurrentIndex(2)
-    return widget
+from docking import open_and_dock
 
 
 def test_stain_normalisation_from_the_widget(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     viewer = make_napari_viewer(show=True)
-    widget = _dock(viewer, qtbot)
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
     settings = widget.settings
     assert settings.options().stain_normalize == "off"  # the default
     errors: list[str] = []
