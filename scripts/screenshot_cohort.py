@@ -47,8 +47,9 @@ def _shoot(folder: Path, out: Path, wait) -> None:
     from napari_mran._napari._qt.cohort_panel import CohortPanel
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1700, 900)
     panel = CohortPanel(viewer)
+    panel.setMinimumWidth(660)  # the dock dragged wider: every column shows
     viewer.window.add_dock_widget(panel, name="Cohort review")
     panel.open_folder(folder)
     wait(cond=lambda: all(r.details for r in panel.table.rows))
