@@ -106,6 +106,26 @@ def test_replace_clear_undo_redo(store):
     assert rv.undo() and rv.dirty and rv.redo() and not rv.dirty
 
 
+def test_a_group_is_one_undo_step(store):
+    """A click or a paint stroke: the marks made inside ``group()`` are undone and redone
+    together; nested groups join the outer one; a group that changed nothing is no step."""
+    rv = Reviews.load(store)
+    rv.set_bag(1, "agree", reviewer="a")
+    with rv.group():
+        rv.set_bag(0, "disagree", reviewer="a")
+        with rv.group():
+            rv.set_patch(0, 7, "label", "tumour", reviewer="a")
+        rv.clear(1)
+    with rv.group():
+        rv.clear(1, 5)  # nothing there
+    assert rv.counts()["marks"] == 2 and rv.mark_at(1) is None
+    assert rv.undo() and rv.counts()["marks"] == 1 and rv.mark_at(1).mark == "agree"
+    assert rv.mark_at(0) is None and rv.mark_at(0, 7) is None and rv.can_redo
+    assert rv.redo() and rv.mark_at(0).mark == "disagree" and rv.mark_at(0, 7).label == "tumour"
+    assert rv.mark_at(1) is None
+    assert rv.undo() and rv.undo() and not rv.can_undo and rv.counts()["marks"] == 0
+
+
 def test_bad_marks_are_refused_naming_the_store(store):
     rv = Reviews.load(store)
     for call, words in [(lambda: rv.set_bag(2, "agree"), "bag index 2"),

@@ -146,8 +146,6 @@ class ReviewSession:
         self.mark, self.label, self.mode = "agree", None, "bag"
         self.layer: Any = None
         self.on_change: list[Callable[[], None]] = []
-        self._steps: list[int] = []       # Reviews steps per action, for grouped undo
-        self._redo_steps: list[int] = []
         self._bag_of = {(int(r), int(c)): i for i, (r, c) in enumerate(result.bag_rc)}
         self._raster = marks_raster(reviews, result)
 
@@ -205,7 +203,7 @@ class ReviewSession:
             self.reviews.clear(bag, patch)
         else:
             self._set(bag, patch, self.mark, self.label)
-        self._done(1)
+        self._changed()
         return True
 
     def click(self, world_yx) -> bool:
@@ -225,9 +223,10 @@ class ReviewSession:
         data = np.asarray(self.layer.data)
         rr, cc = np.nonzero(data != self._raster)
         values = data[rr, cc]
-        n = self._apply_painted(rr, cc, values)
+        with self.reviews.group():  # the stroke is one undo step
+            n = self._apply_painted(rr, cc, values)
         if n:
-            self._done(n)
+            self._changed()
         else:
             self.redraw()
         return n
@@ -265,40 +264,28 @@ class ReviewSession:
 
     # -- undo / redo -------------------------------------------------------------------
     def undo(self) -> bool:
-        """Undo the last click / stroke / mark of this session (all its marks)."""
-        if not self._steps:
+        """Undo the last click / stroke / mark of this session (all its marks: one
+        :meth:`Reviews.group` step)."""
+        if not self.reviews.undo():
             return False
-        n = self._steps.pop()
-        for _ in range(n):
-            self.reviews.undo()
-        self._redo_steps.append(n)
         self._changed()
         return True
 
     def redo(self) -> bool:
-        if not self._redo_steps:
+        if not self.reviews.redo():
             return False
-        n = self._redo_steps.pop()
-        for _ in range(n):
-            self.reviews.redo()
-        self._steps.append(n)
         self._changed()
         return True
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._steps)
+        return self.reviews.can_undo
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._redo_steps)
+        return self.reviews.can_redo
 
     # -- redraw ------------------------------------------------------------------------
-    def _done(self, n_steps: int) -> None:
-        self._steps.append(n_steps)
-        self._redo_steps.clear()
-        self._changed()
-
     def _changed(self) -> None:
         self.redraw()
         for cb in list(self.on_change):

@@ -6,7 +6,8 @@ import getpass
 import operator
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["Reviews", "default_reviewer", "mark_counts", "model_warning_of"]
 
 Place = tuple[tuple[int, int, int, int], "int | None"]
+#: one undo step: the (place, mark before, mark after) changes it made, in order
+Step = list[tuple[Place, "ReviewMark | None", "ReviewMark | None"]]
 
 
 def default_reviewer() -> str:
@@ -68,8 +71,9 @@ class Reviews:
         self._saved = dict(self._marks)
         self._disk_sha = disk_sha
         self._record_store_sha = record_store_sha
-        self._undo: list[tuple[Place, ReviewMark | None, ReviewMark | None]] = []
-        self._redo: list[tuple[Place, ReviewMark | None, ReviewMark | None]] = []
+        self._undo: list[Step] = []
+        self._redo: list[Step] = []
+        self._group: Step | None = None  # the step being collected by group()
         assert ctx.boxes is not None
         self._bags = [tuple(int(v) for v in b) for b in ctx.boxes]
 
@@ -134,22 +138,49 @@ class Reviews:
         if place in self._marks:
             self._apply(place, None)
 
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """The sets and clears made inside are one undo step (a click, a paint stroke);
+        nested groups join the outer one; a group that changed nothing is no step."""
+        if self._group is not None:
+            yield
+            return
+        self._group = []
+        try:
+            yield
+        finally:
+            step, self._group = self._group, None
+            if step:
+                self._undo.append(step)
+                self._redo.clear()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
     def undo(self) -> bool:
-        """Undo the last set/clear of this session; False when there is none."""
+        """Undo the last step (a set/clear, or a :meth:`group` of them) of this
+        session; False when there is none."""
         if not self._undo:
             return False
-        place, before, after = self._undo.pop()
-        self._put(place, before)
-        self._redo.append((place, before, after))
+        step = self._undo.pop()
+        for place, before, _after in reversed(step):
+            self._put(place, before)
+        self._redo.append(step)
         return True
 
     def redo(self) -> bool:
-        """Redo the last undone set/clear; False when there is none."""
+        """Redo the last undone step; False when there is none."""
         if not self._redo:
             return False
-        place, before, after = self._redo.pop()
-        self._put(place, after)
-        self._undo.append((place, before, after))
+        step = self._redo.pop()
+        for place, _before, after in step:
+            self._put(place, after)
+        self._undo.append(step)
         return True
 
     def _set(self, bag_index: int, patch_index: int | None, mark: str, label: str | None,
@@ -171,8 +202,12 @@ class Reviews:
         return new
 
     def _apply(self, place: Place, new: ReviewMark | None) -> None:
-        self._undo.append((place, self._marks.get(place), new))
-        self._redo.clear()
+        change = (place, self._marks.get(place), new)
+        if self._group is not None:
+            self._group.append(change)
+        else:
+            self._undo.append([change])
+            self._redo.clear()
         self._put(place, new)
 
     def _put(self, place: Place, mark: ReviewMark | None) -> None:
