@@ -53,3 +53,14 @@ def model_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_model(MRAN(MRANConfig(width=0.0625, class_names=["normal", "tumour"])), p)
     return p
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random MRAN of width 0.125 (two classes), seeded: fast real-model tests."""
+    import torch
+
+    from napari_mran.model import MRAN, MRANConfig
+
+    torch.manual_seed(0)
+    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()

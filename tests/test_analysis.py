@@ -12,15 +12,8 @@ import torch
 
 from napari_mran import AnalysisError, open_slide
 from napari_mran.analysis import analyze_slide, plan_reads, predict_slide
-from napari_mran.model import MRAN, MRANConfig
 from napari_mran._events import collect as drain
 from slide_writers import patch, write_svs_pyramid
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()
 
 
 @pytest.fixture(scope="module")

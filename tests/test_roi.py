@@ -7,14 +7,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import napari_mran.analysis as analysis_mod
 from napari_mran._events import collect as drain
 from napari_mran.analysis import analyze_slide
 from napari_mran.inference import AnalysisOptions
 from napari_mran.inference.reading import tissue_lowres
-from napari_mran.model import MRAN, MRANConfig
 from napari_mran.results import SlideResult
 from napari_mran.roi import Region, RoiError, make_region, read_geojson
 from napari_mran.slide import open_slide
@@ -39,12 +37,6 @@ def rect(x0, y0, x1, y1):
 def write_geojson(path, features):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()
 
 
 @pytest.fixture(scope="module")

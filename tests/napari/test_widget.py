@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import torch
 from napari.utils import notifications
 from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 from slide_writers import write_svs_pyramid
@@ -30,17 +29,11 @@ from napari_mran._napari._qt import widget as W
 from napari_mran._napari.frame import SlideFrame
 from napari_mran._napari.hover import hover_text
 from napari_mran._napari.sample_data import sample_slide_path
-from napari_mran.model import MRAN, MRANConfig, save_model
+from napari_mran.model import save_model
 from napari_mran.results import SlideResult, is_results_store
 
 BAG = 2048
 TISSUE_BAGS = [(0, 0), (0, 1), (1, 1), (1, 2)]  # (row, col) of tissue in a 2 x 3 grid
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return MRAN(MRANConfig(width=0.125, class_names=["normal", "tumour"])).eval()
 
 
 @pytest.fixture(scope="module")
