@@ -16,25 +16,10 @@ canvas for both.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ensure_display(argv: list[str]) -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("MRAN_SCREENSHOTS_CHILD"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
-        return
-    xvfb = shutil.which("xvfb-run")
-    if xvfb is None:
-        sys.exit("no X display and no xvfb-run: install xvfb (apt-get install xvfb xauth)")
-    env = dict(os.environ, QT_QPA_PLATFORM="xcb", MRAN_SCREENSHOTS_CHILD="1")
-    cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__, *argv]
-    sys.exit(subprocess.call(cmd, env=env))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     args = ap.parse_args(argv)
-    _ensure_display(argv)
+    from _shots import ensure_display
+
+    ensure_display(__file__, argv, screen="1600x1000x24")
 
     import time
 
