@@ -4,7 +4,7 @@ and not made active, then shown; the top-bags layer is visible from the start.""
 
 from __future__ import annotations
 
-from test_widget import _analyse, _widget, cmu_crop, tiny_model, tissue_slide  # noqa: F401
+from test_widget import _analyse, _widget, cmu_crop, tissue_slide  # noqa: F401
 
 from napari_mran._napari import keys as K
 from napari_mran._napari import layers as L
