@@ -7,7 +7,7 @@ stronger, paler-haematoxylin variant of that shift (``PALE``, built with the pub
 ``StainShift``); same tissue, nuclei, labels and ground truth.  The demo model's slide
 AUC and bag-localisation AUC (with slide-bootstrap 95 % CIs) on: unshifted; each shift;
 each shift + Macenko / Reinhard (to a reference fitted like ``train --stain-normalize``
-on a separate unshifted cohort); then a simulated pathologist marks <= 20 bags of <= 5
+on a separate unshifted cohort), and the unshifted cohort with each (a control); then a simulated pathologist marks <= 20 bags of <= 5
 scanner-b slides of a separate review cohort (ground truth -> agree / disagree marks
 saved with ``Reviews`` into real ``analyze`` stores), ``finetune`` runs on those stores
 and the fine-tuned model is evaluated on the held-out scanner-b cohort.
@@ -184,6 +184,8 @@ def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
         print(f"seed {i}:", name, json.dumps({k: v for k, v in row.items() if k != "p"}), flush=True)
 
     measure("unshifted, demo model", root / "unshifted", models["demo"], "off")
+    for m in METHODS:  # control: what normalisation does to slides that need none
+        measure(f"unshifted, demo model + {m}", root / "unshifted", models[m], m)
     for name in shifts:
         measure(f"{name}, demo model", root / name, models["demo"], "off")
         for m in METHODS:

@@ -162,6 +162,38 @@ def test_a_stain_shift_is_reduced_toward_the_reference(bag, refs):
                 assert after < ratio * before, (name, method, before, after)
 
 
+def test_haematoxylin_is_found_when_a_scanner_makes_the_stains_alike_in_red(bag, refs, tmp_path):
+    """scanner-b (napari_mran.synthetic) scales H's red OD down and E's up: the two unit
+    vectors' red components end 0.04 apart, so "H absorbs more red" would call eosin
+    haematoxylin (and normalising would swap the stains: nuclei pink, stroma purple).
+    The fit tells them apart by coverage (H is the sparse, nuclear stain), and
+    normalising the shifted bag to the unshifted bag's reference brings it back."""
+    from napari_mran.stain import macenko
+    from napari_mran.synthetic import STAIN_SHIFTS
+
+    path = tmp_path / "b.svs"
+    make_slide(path, 1024, 1024, True, 7, stain_shift="scanner-b")
+    shifted = tifffile.imread(path)
+    fit = fit_reference(shifted, "macenko").stains()
+    true_h, true_e = (np.asarray(v) / np.linalg.norm(v) for v in STAIN_SHIFTS["scanner-b"]
+                      .stain_vectors([0.56, 0.72, 0.41], [0.22, 0.80, 0.56]))
+    assert abs(true_h[0] - true_e[0]) < macenko.RED_MARGIN and true_e[0] > true_h[0]
+    assert fit[0] @ true_h > fit[0] @ true_e and fit[1] @ true_e > fit[1] @ true_h
+    od = _od(shifted).reshape(-1, 3)
+    tissue_od = od[(od >= BETA).all(1)].T
+    cov = macenko.coverage(fit, tissue_od)
+    assert cov[0] < macenko.COVERAGE_RATIO * cov[1]
+    # normalised to the unshifted bag's own reference: much nearer the unshifted bag
+    tissue = _od(bag).min(-1) >= BETA
+    before = float(np.abs(_od(shifted) - _od(bag))[tissue].mean())
+    after = float(np.abs(_od(normalize(shifted, refs["macenko"])) - _od(bag))[tissue].mean())
+    assert after < 0.6 * before, (before, after)
+    # real H&E (CMU-1): the red components differ by far more than the margin, so the
+    # red rule decides there, as before (the built-in reference is unchanged: below)
+    cmu = default_reference("macenko").stains()
+    assert cmu[0, 0] - cmu[1, 0] > 3 * macenko.RED_MARGIN
+
+
 @pytest.mark.parametrize("method", STAIN_METHODS)
 def test_numpy_and_torch_paths_agree(bag, refs, method):
     batch = np.stack([bag[:512, :512], bag[512:, 512:], np.full((512, 512, 3), 255, np.uint8)])

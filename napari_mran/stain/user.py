@@ -28,7 +28,8 @@ import numpy as np
 from ..vocab import check_choice
 from .reference import STAIN_METHODS, StainReference, fit_reference
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_REGION_SIDE", "read_stain_reference", "reference_of_document"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_REGION_SIDE", "check_stain_reference_file", "read_stain_reference",
+           "reference_of_document"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: a region or a slide's smallest level larger than this (per side) is refused
@@ -48,6 +49,21 @@ def reference_of_document(doc: Any, method: str, where: str) -> StainReference:
         raise ValueError(f"{where}: a {ref.method} stain reference, but the normalisation "
                          f"is {method} (use --stain-normalize {ref.method}, or fit another)")
     return ref
+
+
+def check_stain_reference_file(path: str | os.PathLike[str]) -> Path:
+    """The cheap part of :func:`read_stain_reference`: *path* exists and is a file
+    (ValueError ``"<file>: <reason>"`` if not).  It reads no pixels, so a user interface
+    can call it at once and leave the fit to a worker thread."""
+    p = Path(path).expanduser()
+    try:
+        p.resolve().stat()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the stain reference: "
+                         f"{exc.strerror or exc}") from None
+    if not p.is_file():
+        raise ValueError(f"{path}: the stain reference is not a file")
+    return p
 
 
 def read_stain_reference(path: str | os.PathLike[str], method: str) -> StainReference:

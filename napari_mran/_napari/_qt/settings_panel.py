@@ -145,13 +145,16 @@ class SettingsPanel(QWidget):
 
     # ------------------------------------------------------------------ reading
     def options(self) -> AnalysisOptions:
-        """The analysis options chosen (ValueError naming a bad one)."""
+        """The analysis options chosen (ValueError naming a bad one).  A stain reference
+        file is only checked to exist here: reading and fitting it (a slide's smallest
+        level: about a second) is the analysis worker's, whose errors are notifications
+        naming the file."""
         um = self.bag_unit.currentData() == "um"
         reference = self.stain_ref.text().strip() or None
         if reference is not None and self.stain_combo.currentData() != "off":
-            from ...stain.user import read_stain_reference
+            from ...stain.user import check_stain_reference_file
 
-            read_stain_reference(reference, self.stain_combo.currentData())  # ValueError
+            check_stain_reference_file(reference)  # ValueError
         return AnalysisOptions(
             bag_px=None if um else int(self.bag_px.value()),
             bag_um=float(self.bag_um.value()) if um else None,
