@@ -263,7 +263,9 @@ def report(args, per_seed: list[dict], elapsed: float) -> None:
         f"{args.epochs} --lr {args.lr} --boot {args.boot}"
         + (f" --shifts {' '.join(args.shifts)}" if args.shifts != ["scanner-b", PALE["name"]] else "")
         + (" --no-finetune" if args.no_finetune else "") + f" --work DIR` on this shared 2-core CPU: "
-        f"{run:.0f} s for the {args.seeds} seeds ({made:.0f} s of it making cohorts). Per seed i: "
+        f"{run:.0f} s for the {args.seeds} seeds ("
+        + (f"{made:.0f} s of it making cohorts" if made >= 1 else
+           "the cohorts were made by an earlier run and kept in --work") + "). Per seed i: "
         f"held-out cohort seed {COHORT_SEED}+i ({args.slides} slides of {args.size} px, "
         f"{args.tumour_slides} tumour, tumour {lo:.0%}-{hi:.0%} of the tissue), unshifted, "
         f"{', '.join(args.shifts)}; review cohort seed {REVIEW_SEED}+i (scanner-b). "

@@ -118,7 +118,7 @@ def _check_and_find_tissue(slide: Slide, bag_px: int, opts: AnalysisOptions, wor
                                      slide.dimensions, opts.roi)
     stain, stain_info = slide_stain(opts.stain_normalize, lowres[0], lowres[1],
                                     getattr(model, "stain_reference", None),
-                                    user=opts.stain_reference)
+                                    user=opts.stain_reference, downsample=max(lowres[2]))
     return tissue, check.provenance(overridden=opts.allow_non_brightfield), stain, stain_info
 
 

@@ -19,13 +19,14 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 
 def main() -> int:
-    from bench_cohort_browse import _ensure_display, wait
+    from _shots import ensure_display
+    from bench_cohort_browse import wait
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", help="a predict output folder (default: build one)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots" / "cohort-panel.png"))
     args = ap.parse_args()
-    _ensure_display()
+    ensure_display(__file__, sys.argv[1:], screen="1600x1000x24")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else _build(Path(tmp))
         _shoot(folder, Path(args.out), wait)

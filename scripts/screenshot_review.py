@@ -20,12 +20,13 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 
 def main() -> int:
-    from bench_cohort_browse import _ensure_display, wait
+    from _shots import ensure_display
+    from bench_cohort_browse import wait
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots" / "review-marks.png"))
     args = ap.parse_args()
-    _ensure_display()
+    ensure_display(__file__, sys.argv[1:], screen="1600x1000x24")
     with tempfile.TemporaryDirectory() as tmp:
         from cohort_folder import build_cohort
 

@@ -11,6 +11,7 @@ import pytest
 from napari_mran.analysis import predict_slide
 from napari_mran.cli import main
 from napari_mran.inference import AnalysisOptions
+from napari_mran.inference.stain import StainWarning
 from napari_mran.model import load_model
 from napari_mran.slide import open_slide
 from slide_writers import write_svs_pyramid
@@ -85,7 +86,7 @@ def test_key_and_cli(slides, tmp_path, capsys):
 
 def test_a_user_reference_file(slides, tmp_path, capsys):
     """``--stain-reference`` (a region saved as PNG): fitted once, used, recorded, in the
-    reuse key; a bad file or a reference without a method is a one-line error, exit 2,
+    reuse key, with a warning that it was fitted at another resolution; a bad file or a reference without a method is a one-line error, exit 2,
     before anything is written."""
     import tifffile
     from PIL import Image
@@ -102,13 +103,18 @@ def test_a_user_reference_file(slides, tmp_path, capsys):
     with pytest.raises(ValueError, match="stain_normalize"):
         AnalysisOptions(stain_reference=str(region))
     out = tmp_path / "o"
-    assert main(["analyze", str(orig), "--model", "demo", "--out", str(out), "--export", "",
-                 "--stain-normalize", "macenko", "--stain-reference", str(region),
-                 "--json", "-q"]) == 0
-    store = json.loads(capsys.readouterr().out)["slides"][0]["outputs"]["store"]
+    # a full-resolution region on a slide fitted on its reduced smallest level: a
+    # StainWarning (one "warning:" line from the real command) and a provenance note
+    with pytest.warns(StainWarning, match="ref.png was fitted at its own resolution"):
+        assert main(["analyze", str(orig), "--model", "demo", "--out", str(out), "--export",
+                     "", "--stain-normalize", "macenko", "--stain-reference", str(region),
+                     "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    store = json.loads(captured.out)["slides"][0]["outputs"]["store"]
     info = SlideResult.load(store).provenance["stain_normalization"]
     assert info["reference_source"] == f"user: {region}"
     assert info["reference"]["method"] == "macenko"
+    assert "downsample 4" in info["note"]  # docs/stain.md, "Resolution"
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     for extra in (["--stain-normalize", "macenko", "--stain-reference", str(bad)],

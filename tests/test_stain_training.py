@@ -225,6 +225,30 @@ def test_user_reference_files(cohort, lowres, tmp_path):
             read_stain_reference(bad, "macenko")
 
 
+def test_a_full_resolution_region_on_a_reduced_slide_is_a_warning(cohort, lowres, tmp_path):
+    """A PNG region is fitted at its own resolution, a slide's stains at its smallest level:
+    used together on a slide whose smallest level is reduced (downsample > 2) that is one
+    StainWarning naming the file, recorded in provenance; a slide reference (fitted on its
+    own smallest level), a JSON reference or a one-level slide is not."""
+    from PIL import Image
+
+    img, valid = lowres
+    png = tmp_path / "region.png"
+    Image.fromarray(np.ascontiguousarray(img[..., :3])).save(png)
+    for method in ("macenko", "reinhard"):
+        with pytest.warns(StainWarning, match="region.png was fitted at its own resolution"):
+            _, info = slide_stain(method, img, valid, user=png, downsample=16.0)
+        assert "downsample 16" in info["note"]
+    slide = cohort[0] / "slide_0000.svs"
+    ref_json = tmp_path / "ref.json"
+    ref_json.write_text(json.dumps(default_reference("macenko").to_dict()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for user, downsample in ((png, 1.0), (png, None), (slide, 16.0), (ref_json, 16.0)):
+            _, info = slide_stain("macenko", img, valid, user=user, downsample=downsample)
+            assert "note" not in info, (user, downsample)
+
+
 def test_cli_analysis_with_a_normalised_checkpoint(normalised, cohort, tmp_path, capsys):
     """From the command line: the checkpoint's training-cohort reference is used when asked
     for, and analysing without normalisation is one ``warning:`` line on stderr."""

@@ -117,7 +117,9 @@ ANALYSIS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                                   help="normalise each bag's stains before the model: off "
                                        "(default), macenko, reinhard; to --stain-reference, "
                                        "else the model's training cohort, else the built-in "
-                                       "H&E reference (docs/stain.md)")),
+                                       "H&E reference; macenko unmixes the stains (use it "
+                                       "when the stains or scanner changed), reinhard only "
+                                       "matches colour statistics (docs/stain.md)")),
     (("--stain-reference",), dict(default=None, metavar="FILE",
                                   help="the stain reference for --stain-normalize: a JSON "
                                        "reference, a PNG/JPEG/TIFF region or a slide (its "

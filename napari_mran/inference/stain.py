@@ -79,14 +79,40 @@ def choose_reference(method: str, reference: dict[str, Any] | None = None,
     return default_reference(method), BUILTIN_SOURCE, note
 
 
+#: a user's full-resolution reference region and a slide fitted on a smallest level
+#: reduced more than this are warned about (their max concentrations differ)
+SCALE_WARN_DOWNSAMPLE = 2.0
+
+
+def scale_note(ref: Any, user: str | os.PathLike[str] | None, downsample: float | None
+               ) -> str | None:
+    """The note of a user reference fitted at full resolution (an image region, a
+    one-level file) used on a slide whose stains are fitted on a reduced smallest level:
+    Macenko's 99th-percentile concentrations and Reinhard's spreads grow with resolution
+    (resolved nuclei)."""
+    from ..stain.user import fitted_at_full_resolution
+
+    if user is None or downsample is None or downsample <= SCALE_WARN_DOWNSAMPLE \
+            or not fitted_at_full_resolution(ref):
+        return None
+    return (f"{os.fspath(user)} was fitted at its own resolution, the slide's stains at its "
+            f"smallest level (downsample {downsample:.0f}); stain statistics depend on "
+            f"resolution (Macenko's max concentrations 1.2-1.6x, Reinhard's spreads about 2x "
+            f"between 1 and 16 um/px on synthetic slides), so the bags would come out darker "
+            f"or more contrasted than the reference: export the region at that downsample, "
+            f"or give a slide or a JSON reference (docs/stain.md)")
+
+
 def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
                 reference: dict[str, Any] | None = None,
                 user: str | os.PathLike[str] | None = None,
+                downsample: float | None = None,
                 ) -> tuple[SlideNormaliser | None, dict[str, Any]]:
     """``(normaliser, provenance)`` for *method*; ``(None, {...})`` when off.
 
     *reference*: the model's ``stain_reference`` (``{"method", "reference"}``) or None;
-    *user*: a ``--stain-reference`` file or None."""
+    *user*: a ``--stain-reference`` file or None; *downsample*: of *lowres* against
+    level 0 (for :func:`scale_note`), None if unknown."""
     if method == "off":
         note = off_note(reference)
         if note is None:
@@ -96,6 +122,10 @@ def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
     from ..stain import fit_reference
 
     ref, ref_source, note = choose_reference(method, reference, user)
+    scale = scale_note(ref, user, downsample)
+    if scale is not None:
+        warnings.warn(scale, StainWarning, stacklevel=2)
+        note = scale if note is None else f"{note}; {scale}"
     image = np.asarray(lowres)[..., :3]
     if valid is not None:
         image = np.where(np.asarray(valid)[..., None], image, 255).astype(np.uint8)

@@ -28,8 +28,8 @@ import numpy as np
 from ..vocab import check_choice
 from .reference import STAIN_METHODS, StainReference, fit_reference
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_REGION_SIDE", "check_stain_reference_file", "read_stain_reference",
-           "reference_of_document"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_REGION_SIDE", "check_stain_reference_file",
+           "fitted_at_full_resolution", "read_stain_reference", "reference_of_document"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: a region or a slide's smallest level larger than this (per side) is refused
@@ -64,6 +64,15 @@ def check_stain_reference_file(path: str | os.PathLike[str]) -> Path:
     if not p.is_file():
         raise ValueError(f"{path}: the stain reference is not a file")
     return p
+
+
+def fitted_at_full_resolution(ref: StainReference) -> bool:
+    """Whether *ref* was fitted by this module on pixels at their file's own full
+    resolution: a PNG/JPEG region, or a slide or TIFF with one level (its smallest level
+    is level 0), rather than on a pyramid's reduced smallest level."""
+    fitted = ref.fitted_on
+    return fitted.startswith("user: ") and (" (image region " in fitted
+                                            or " (smallest level 0, " in fitted)
 
 
 def read_stain_reference(path: str | os.PathLike[str], method: str) -> StainReference:

@@ -79,7 +79,9 @@ class SettingsPanel(QWidget):
         self.stain_combo = fill_combo(QComboBox(), STAIN_NORMALIZATIONS, STAIN_LABELS)
         self.stain_combo.setToolTip("Normalise each bag's stains before the model: to the "
                                     "reference file below, else the model's training "
-                                    "cohort, else the built-in H&E reference (docs/stain.md)")
+                                    "cohort, else the built-in H&E reference. Macenko "
+                                    "unmixes the stains (for another stain or scanner); "
+                                    "Reinhard only matches colour statistics (docs/stain.md)")
         form.addRow("Stain normalisation", self.stain_combo)
         self.stain_ref = QLineEdit()
         self.stain_ref.setPlaceholderText("reference: model's / built-in")
