@@ -125,9 +125,10 @@ def verdicts(rows: list[dict], shifts: list[str], methods: tuple[str, ...]
                 out.append((target, f"{got:+.3f} of {lost:.3f} lost", verdict))
     for r in rows:
         if "fine-tuned" in r["condition"]:
-            out.append(("fine-tuned: slide AUC >= 0.95", _f(r["slide_auc"]),
+            shift = r["condition"].split(",")[0]
+            out.append((f"{shift}, fine-tuned: slide AUC >= 0.95", _f(r["slide_auc"]),
                         "met" if (r["slide_auc"] or 0) >= 0.95 else "NOT met"))
-            out.append(("fine-tuned: bag-loc. AUC >= 0.9",
+            out.append((f"{shift}, fine-tuned: bag-loc. AUC >= 0.9",
                         f"{_f(r['bag_auc'])} ({r['n_pos']} tumour bags)",
                         "met" if (r["bag_auc"] or 0) >= 0.9 else "NOT met"))
     return out

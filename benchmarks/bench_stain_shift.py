@@ -7,10 +7,11 @@ stronger, paler-haematoxylin variant of that shift (``PALE``, built with the pub
 ``StainShift``); same tissue, nuclei, labels and ground truth.  The demo model's slide
 AUC and bag-localisation AUC (with slide-bootstrap 95 % CIs) on: unshifted; each shift;
 each shift + Macenko / Reinhard (to a reference fitted like ``train --stain-normalize``
-on a separate unshifted cohort), and the unshifted cohort with each (a control); then a simulated pathologist marks <= 20 bags of <= 5
-scanner-b slides of a separate review cohort (ground truth -> agree / disagree marks
-saved with ``Reviews`` into real ``analyze`` stores), ``finetune`` runs on those stores
-and the fine-tuned model is evaluated on the held-out scanner-b cohort.
+on a separate unshifted cohort), and the unshifted cohort with each (a control); then,
+per shift, a simulated pathologist marks <= 20 bags of <= 5 slides of a separate review
+cohort with that shift (ground truth -> agree / disagree marks saved with ``Reviews``
+into real ``analyze`` stores), ``finetune`` runs on those stores and the fine-tuned
+model is evaluated on the held-out cohort with the same shift.
 
     nice -n 19 .venv/bin/python benchmarks/bench_stain_shift.py --work /tmp/stain-work
 
@@ -168,12 +169,14 @@ def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
     shifts = {n: (StainShift(**PALE) if n == PALE["name"] else n) for n in args.shifts}
     for name, shift in (("unshifted", None), *shifts.items()):
         make_heldout(root / name, held, args, shift)
-    review = work / f"review-{rev_seed}-{args.review_size}" / "scanner-b"
-    if not args.no_finetune and not (review / "labels.csv").is_file():
-        make_cohort(review, 6, rev_seed, args.review_size, args.review_size, stain_shift="scanner-b")
+    reviews_dirs = {n: work / f"review-{rev_seed}-{args.review_size}" / n for n in shifts}
+    for name, shift in shifts.items():  # one review cohort per shift (same seed: same tissue)
+        if not args.no_finetune and not (reviews_dirs[name] / "labels.csv").is_file():
+            make_cohort(reviews_dirs[name], 6, rev_seed, args.review_size, args.review_size,
+                        stain_shift=shift)
     made = time.perf_counter() - t0
     print(f"seed {i}: cohorts ready in {made:.0f} s", flush=True)
-    rows, reviews = [], []
+    rows, reviews = [], {}
 
     def measure(name: str, folder: Path, model, method: str) -> None:
         recs = evaluate(folder, model, method)
@@ -190,8 +193,8 @@ def run_seed(i: int, args, work: Path, tmp: Path, models: dict) -> dict:
         measure(f"{name}, demo model", root / name, models["demo"], "off")
         for m in METHODS:
             measure(f"{name}, demo model + {m}", root / name, models[m], m)
-        if name == "scanner-b" and not args.no_finetune:
-            model, what, reviews = fine_tuned(review, tmp / f"ft-{i}", args)
+        if not args.no_finetune:
+            model, what, reviews[name] = fine_tuned(reviews_dirs[name], tmp / f"ft-{i}-{name}", args)
             measure(f"{name}, fine-tuned ({what})", root / name, model, "off")
     return {"seed": i, "heldout_seed": held, "review_seed": rev_seed, "rows": rows,
             "reviews": reviews, "cohort_seconds": made,
@@ -268,7 +271,8 @@ def report(args, per_seed: list[dict], elapsed: float) -> None:
            "the cohorts were made by an earlier run and kept in --work") + "). Per seed i: "
         f"held-out cohort seed {COHORT_SEED}+i ({args.slides} slides of {args.size} px, "
         f"{args.tumour_slides} tumour, tumour {lo:.0%}-{hi:.0%} of the tissue), unshifted, "
-        f"{', '.join(args.shifts)}; review cohort seed {REVIEW_SEED}+i (scanner-b). "
+        f"{', '.join(args.shifts)}; review cohorts seed {REVIEW_SEED}+i (6 slides of "
+        f"{args.review_size} px, one per shift). "
         f"Bag-localisation AUC: downstream bag attention gamma vs ground truth, pooled over "
         f"the tumour slides; a bag is tumour when >= 50 % (or >= 25 %) of it is tumour, "
         f"normal when < 1 %. [95 % CI]: percentile bootstrap, {args.boot} resamples of the "

@@ -33,8 +33,9 @@ import numpy as np
 
 from ._ops import MIN_TISSUE_PIXELS, Batch, od_to_intensity
 
-__all__ = ["ANGLE_PERCENTILE", "COVERAGE_RATIO", "MAX_C_PERCENTILE", "RED_MARGIN", "MIN_COMPONENT", "MIN_MAX_CONCENTRATION",
-           "MIN_STAIN_ANGLE_DEG", "DegenerateStains", "apply", "coverage", "fit", "transform"]
+__all__ = ["ANGLE_PERCENTILE", "COVERAGE_RATIO", "MAX_C_PERCENTILE", "MIN_COMPONENT",
+           "MIN_MAX_CONCENTRATION", "MIN_STAIN_ANGLE_DEG", "RED_MARGIN", "DegenerateStains",
+           "apply", "coverage", "fit", "transform"]
 
 ANGLE_PERCENTILE = 1.0
 MAX_C_PERCENTILE = 99.0
