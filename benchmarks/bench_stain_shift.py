@@ -153,7 +153,8 @@ def fine_tuned(review: Path, tmp: Path, args) -> tuple[object, str, list]:
 
 def _key(args) -> dict:
     """What a seed's figures depend on (the optional flags only when not at their default)."""
-    key = {k: v for k, v in vars(args).items() if k not in ("work", "boot", "shifts", "no_finetune")}
+    key = {k: v for k, v in vars(args).items()
+           if k not in ("work", "boot", "shifts", "no_finetune", "doc_section", "out_json")}
     if args.shifts != ["scanner-b", PALE["name"]] or args.no_finetune:
         key.update(shifts=args.shifts, no_finetune=args.no_finetune)
     return key
@@ -217,6 +218,10 @@ def parse_args(argv=None):
     ap.add_argument("--shifts", nargs="+", default=["scanner-b", PALE["name"]],
                     choices=["scanner-b", PALE["name"]])
     ap.add_argument("--no-finetune", action="store_true", help="skip review + fine-tuning")
+    ap.add_argument("--doc-section", default="Results",
+                    help="the '## ' section of docs/stain-shift.md the report replaces")
+    ap.add_argument("--out-json", default="bench_stain_shift.json",
+                    help="file name under benchmarks/out/")
     args = ap.parse_args(argv)
     args.tumour_fraction = [float(v) for v in args.tumour_fraction]
     return args
@@ -252,7 +257,7 @@ def main(argv=None) -> None:
 def report(args, per_seed: list[dict], elapsed: float) -> None:
     verdicts = [st.verdicts(s["rows"], args.shifts, METHODS) for s in per_seed]
     (ROOT / "benchmarks" / "out").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "out" / "bench_stain_shift.json").write_text(json.dumps(
+    (ROOT / "benchmarks" / "out" / args.out_json).write_text(json.dumps(
         {"args": vars(args), "seeds": {"heldout": COHORT_SEED, "reference": REFERENCE_SEED,
          "review": REVIEW_SEED, "finetune": FINETUNE_SEED, "bootstrap": BOOT_SEED},
          "pale_shift": PALE, "per_seed": per_seed, "seconds": elapsed}, indent=1))
@@ -271,8 +276,9 @@ def report(args, per_seed: list[dict], elapsed: float) -> None:
            "the cohorts were made by an earlier run and kept in --work") + "). Per seed i: "
         f"held-out cohort seed {COHORT_SEED}+i ({args.slides} slides of {args.size} px, "
         f"{args.tumour_slides} tumour, tumour {lo:.0%}-{hi:.0%} of the tissue), unshifted, "
-        f"{', '.join(args.shifts)}; review cohorts seed {REVIEW_SEED}+i (6 slides of "
-        f"{args.review_size} px, one per shift). "
+        f"{', '.join(args.shifts)}"
+        + ("" if args.no_finetune else f"; review cohorts seed {REVIEW_SEED}+i (6 slides of "
+           f"{args.review_size} px, one per shift)") + ". "
         f"Bag-localisation AUC: downstream bag attention gamma vs ground truth, pooled over "
         f"the tumour slides; a bag is tumour when >= 50 % (or >= 25 %) of it is tumour, "
         f"normal when < 1 %. [95 % CI]: percentile bootstrap, {args.boot} resamples of the "
@@ -284,7 +290,7 @@ def report(args, per_seed: list[dict], elapsed: float) -> None:
     parts += ["### Mean over the seeds (min-max)", "\n".join(st.mean_table([s["rows"] for s in per_seed])),
               "### Targets, judged on each seed", "\n".join(st.target_table(verdicts))]
     body = "\n\n".join(parts)
-    write_section("stain-shift.md", "Results", body)
+    write_section("stain-shift.md", args.doc_section, body)
     print(body)
 
 
