@@ -226,3 +226,53 @@ def _slide_of(store: Path) -> Path:
     from napari_mran.results import SlideResult
 
     return Path(SlideResult.load(store).provenance["slide"]["path"])
+
+
+def _synced(qtbot, panel) -> None:
+    """Wait until the panel has turned what napari wrote into marks and redrawn them."""
+    qtbot.waitUntil(lambda: not (panel.layer.data != panel.session._raster).any(), timeout=5000)
+    qtbot.wait(10)
+
+
+def test_fill_and_polygon_tools_mark_bags_and_patches(make_napari_viewer, qtbot, tmp_path,
+                                                      folder):
+    """napari's other Labels tools on the review layer: the polygon and the fill bucket
+    become marks like a brush stroke (every bag the stroke touches, in bag mode; each
+    patch, in patch mode), each one undo step."""
+    viewer, panel, shown = _panel(make_napari_viewer, tmp_path, folder / STORE)
+    layer, rv = panel.layer, panel.session.reviews
+
+    def bag_marks():
+        return {b: rv.mark_at(b).mark for b in range(8) if rv.mark_at(b) is not None}
+
+    def patch_marks():
+        return {(b, p): rv.mark_at(b, p).label for b in range(8) for p in range(64)
+                if rv.mark_at(b, p) is not None}
+
+    # bag mode, disagree: a polygon over patches of bags 0 and 1 (rows 1-6, columns 2-10)
+    # marks bags 0 and 1, nothing else
+    panel.session.set_current("disagree")
+    layer.paint_polygon(np.array([[1, 2], [1, 10], [6, 10], [6, 2]]), layer.selected_label)
+    _synced(qtbot, panel)
+    assert bag_marks() == {0: "disagree", 1: "disagree"}
+    assert (layer.data[0:8, 0:16] == 2).all() and not layer.data[:, 16:].any()
+    # the fill bucket on an unmarked place: the unmarked area is one connected component,
+    # so every unmarked bag is marked agree, in one undo step
+    panel.session.set_current("agree")
+    layer.contiguous = True
+    layer.fill((12, 30), layer.selected_label)
+    _synced(qtbot, panel)
+    assert bag_marks() == {0: "disagree", 1: "disagree", **{b: "agree" for b in range(2, 8)}}
+    assert panel.session.undo() and bag_marks() == {0: "disagree", 1: "disagree"}
+    assert not layer.data[:, 16:].any() and not layer.data[8:, :].any()
+    # patch mode, a class label: the fill bucket over the disagree area marks each of its
+    # 128 patches (bags 0 and 1); the bag marks stay underneath; one undo removes them all
+    panel.session.set_mode("patch")
+    panel.session.set_current("label", "tumour")
+    layer.fill((3, 3), layer.selected_label)
+    _synced(qtbot, panel)
+    marks = patch_marks()
+    assert len(marks) == 128 and set(marks.values()) == {"tumour"}
+    assert {b for b, _ in marks} == {0, 1}
+    assert bag_marks() == {0: "disagree", 1: "disagree"}
+    assert panel.session.undo() and not patch_marks()
