@@ -49,6 +49,7 @@ screenshots: install sysdeps
 	$(BIN)/python scripts/make_screenshots.py
 	$(BIN)/python scripts/screenshot_roi.py
 	$(BIN)/python scripts/screenshot_reading_aids.py
+	$(BIN)/python scripts/screenshot_stain_preview.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

@@ -181,3 +181,29 @@ def normalised_reader(read: Reader, apply: Callable[[np.ndarray], np.ndarray] | 
         return (img if failures else apply(img)), failures, valid_fraction
 
     return wrapped
+
+
+def preview(slide: Any, method: str, reference: dict[str, Any] | None = None,
+            user: str | os.PathLike[str] | None = None
+            ) -> tuple[np.ndarray, dict[str, Any], tuple[float, float]]:
+    """What ``--stain-normalize`` *method* does to *slide*, to look at before analysing:
+    its smallest level (the level the slide's stains are fitted on; glass where it has
+    no data) normalised with the same fit and reference as analysis would use.
+
+    Returns ``(uint8 RGB, provenance as analysis records it, (sx, sy) level-0 px per
+    preview px)``.  A swapped or failed fit shows at once (nuclei pink, no change); the
+    provenance says which reference and fit were used.  AnalysisError for a bad
+    reference, ValueError for ``method="off"``."""
+    from .reading import tissue_lowres
+
+    if method == "off":
+        raise ValueError("choose a stain normalisation (macenko or reinhard) to preview")
+    img, valid, downsample = tissue_lowres(slide)
+    normaliser, info = slide_stain(method, img, valid, reference, user,
+                                   downsample=max(downsample))
+    rgb = np.asarray(img)[..., :3]
+    if valid is not None:
+        rgb = np.where(np.asarray(valid)[..., None], rgb, 255).astype(np.uint8)
+    assert normaliser is not None
+    return np.ascontiguousarray(normaliser(np.ascontiguousarray(rgb))), info, \
+        (float(downsample[0]), float(downsample[1]))

@@ -58,3 +58,65 @@ def test_stain_normalisation_from_the_widget(make_napari_viewer, qtbot, monkeypa
     with pytest.raises(ValueError, match="stain_normalize"):  # a reference needs a method
         settings.stain_combo.setCurrentIndex(settings.stain_combo.findData("off"))
         settings.options()
+
+
+def test_stain_preview_layer(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """Settings > Stain normalisation > Preview: off until a method is chosen; then the
+    slide's smallest level normalised as the analysis would (same fit, same reference,
+    provenance in the layer's metadata) lies exactly over the slide; glass stays glass;
+    a second preview replaces the layer; a bad reference is a notification naming it."""
+    import numpy as np
+
+    from napari_mran._napari import keys
+    from napari_mran._napari._qt.stain_preview import META, SUFFIX, preview_layer_kwargs
+    from napari_mran._napari.frame import SlideFrame
+    from napari_mran.inference.reading import tissue_lowres
+    from napari_mran.inference.stain import slide_stain
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_and_dock(viewer, qtbot, sample_slide_path())
+    settings = widget.settings
+    errors: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    assert not settings.preview_btn.isEnabled()  # "off": nothing to preview
+    settings.stain_combo.setCurrentIndex(settings.stain_combo.findData("macenko"))
+    assert settings.preview_btn.isEnabled()
+    slide_layer = widget.slides.current()
+    name = f"{slide_layer.name} {SUFFIX}"
+    n_layers = len(viewer.layers)
+    qtbot.mouseClick(settings.preview_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: name in viewer.layers and not widget.stain_preview.running,
+                    timeout=60000)
+    layer = viewer.layers[name]
+    assert len(viewer.layers) == n_layers + 1 and layer.rgb
+    # the same pixels as the analysis's normaliser makes of the smallest level
+    slide = slide_layer.metadata[keys.SLIDE]
+    img, valid, _ = tissue_lowres(slide)
+    normaliser, info = slide_stain("macenko", img, valid)
+    expected = normaliser(np.ascontiguousarray(np.asarray(img)[..., :3]))
+    assert np.array_equal(np.asarray(layer.data), expected)
+    assert layer.metadata[META]["reference_source"] == info["reference_source"] == "built-in CMU-1"
+    original = np.asarray(img)[..., :3]
+    glass = original.min(-1) >= 250
+    assert glass.any() and np.array_equal(np.asarray(layer.data)[glass], original[glass])
+    assert np.abs(np.asarray(layer.data).astype(int) - original).mean() > 1  # it changed
+    # laid over the slide (a one-level slide: pixel for pixel) ...
+    assert np.allclose(layer.scale, slide_layer.scale[-2:])
+    assert np.allclose(layer.translate, slide_layer.translate[-2:])
+    # ... and a reduced smallest level too: 32 px of 0.5 um -> 16 um pixels whose first
+    # centre is level-0 pixel 15.5's
+    kw = preview_layer_kwargs(SlideFrame((0.5, 0.5), (0.0, 0.0), "um"), (32.0, 32.0), "p", {})
+    assert kw["scale"] == (16.0, 16.0) and kw["translate"] == (7.75, 7.75)
+    # Reinhard: the same layer, replaced in place
+    settings.stain_combo.setCurrentIndex(settings.stain_combo.findData("reinhard"))
+    qtbot.mouseClick(settings.preview_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.stain_preview.running
+                    and viewer.layers[name].metadata[META]["method"] == "reinhard", timeout=60000)
+    assert len(viewer.layers) == n_layers + 1 and not errors
+    # a reference that is not an image: a notification naming it, the layer kept
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"no image here")
+    settings.stain_ref.setText(str(bad))
+    qtbot.mouseClick(settings.preview_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.stain_preview.running and bool(errors), timeout=60000)
+    assert str(bad) in errors[-1] and name in viewer.layers

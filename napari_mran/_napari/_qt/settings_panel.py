@@ -82,7 +82,16 @@ class SettingsPanel(QWidget):
                                     "cohort, else the built-in H&E reference. Macenko "
                                     "unmixes the stains (for another stain or scanner); "
                                     "Reinhard only matches colour statistics (docs/stain.md)")
-        form.addRow("Stain normalisation", self.stain_combo)
+        self.preview_btn = QPushButton("Preview")
+        self.preview_btn.setToolTip("Show the slide's smallest level normalised as the "
+                                    "analysis would (same fit and reference) as a layer "
+                                    "over the slide: check that the nuclei stay blue")
+        self.stain_combo.currentIndexChanged.connect(self._on_stain_method)
+        stain_row = QHBoxLayout()
+        stain_row.addWidget(self.stain_combo, 1)
+        stain_row.addWidget(self.preview_btn)
+        form.addRow("Stain normalisation", stain_row)
+        self._on_stain_method()
         self.stain_ref = QLineEdit()
         self.stain_ref.setPlaceholderText("reference: model's / built-in")
         self.stain_ref.setToolTip("Optional stain reference: a JSON reference, a PNG/JPEG/"
@@ -231,8 +240,14 @@ class SettingsPanel(QWidget):
         """Every control on or off (off while an analysis runs)."""
         for w in (self.device_combo, self.bag_px, self.bag_um, self.bag_unit,
                   self.tissue_combo, self.edge_combo, self.region_combo, self.allow_check,
-                  self.stain_combo, self.stain_ref, self.batch_spin, self.compile_combo, self.save_check, self.folder_edit, self.folder_btn):
+                  self.stain_combo, self.stain_ref, self.batch_spin, self.compile_combo,
+                  self.save_check, self.folder_edit, self.folder_btn):
             w.setEnabled(on)
+        self.preview_btn.setEnabled(on and self.stain_combo.currentData() != "off")
+
+    def _on_stain_method(self, *_args) -> None:
+        self.preview_btn.setEnabled(self.stain_combo.isEnabled()
+                                    and self.stain_combo.currentData() != "off")
 
     def _on_bag_unit(self, *_args) -> None:
         um = self.bag_unit.currentData() == "um"

@@ -63,6 +63,7 @@ from .review_panel import ReviewPanel
 from .run_panel import RunPanel
 from .settings_panel import SettingsPanel
 from .slide_picker import SlidePicker
+from .stain_preview import StainPreview
 
 
 class AnalyzeSlideWidget(QWidget):
@@ -121,6 +122,8 @@ class AnalyzeSlideWidget(QWidget):
         col = QVBoxLayout(body)
 
         self.settings = SettingsPanel()
+        self.stain_preview = StainPreview(self.viewer)
+        self.settings.preview_btn.clicked.connect(self.preview_stain)
         # -- what to analyse, with what, and the run (always visible)
         self.slides = SlidePicker(self.viewer)
         self.slides.changed.connect(self._on_slide_changed)
@@ -270,6 +273,25 @@ class AnalyzeSlideWidget(QWidget):
             notifications.show_error(f"napari-mran: {exc}")
             return
         self.runner.start(slide_layer, model, options, self.settings.save_folder(slide.path))
+
+    def preview_stain(self) -> None:
+        """Settings > Stain normalisation > Preview: the current slide's smallest level
+        normalised as the analysis would, as a layer over the slide (worker thread)."""
+        slide_layer = self.slides.current()
+        method = self.settings.stain_combo.currentData()
+        if slide_layer is None or method == "off":
+            notifications.show_warning("napari-mran: choose a slide layer and a stain "
+                                       "normalisation to preview")
+            return
+        try:
+            options = self.settings.options()  # the reference file exists
+        except ValueError as exc:
+            notifications.show_error(f"napari-mran: {exc}")
+            return
+        model = self.models.model
+        self.stain_preview.start(slide_layer, slide_layer.metadata[keys.SLIDE], method,
+                                 getattr(model, "stain_reference", None),
+                                 options.stain_reference)
 
     def _refresh_regions(self, *_args) -> None:
         """The "Analyse inside" choices: the viewer's Shapes layers (docs/roi.md)."""
