@@ -119,16 +119,14 @@ def slide_stain(method: str, lowres: np.ndarray, valid: np.ndarray | None,
             return None, {"method": "off"}
         warnings.warn(note, StainWarning, stacklevel=2)
         return None, {"method": "off", "note": note}
-    from ..stain import fit_reference
+    from ..stain import fit_reference, glass_where_no_data
 
     ref, ref_source, note = choose_reference(method, reference, user)
     scale = scale_note(ref, user, downsample)
     if scale is not None:
         warnings.warn(scale, StainWarning, stacklevel=2)
         note = scale if note is None else f"{note}; {scale}"
-    image = np.asarray(lowres)[..., :3]
-    if valid is not None:
-        image = np.where(np.asarray(valid)[..., None], image, 255).astype(np.uint8)
+    image = glass_where_no_data(lowres, valid)
     try:
         source = fit_reference(image, method, fitted_on="the slide's smallest level")
         fitted = "the slide's smallest level"
@@ -194,16 +192,15 @@ def preview(slide: Any, method: str, reference: dict[str, Any] | None = None,
     preview px)``.  A swapped or failed fit shows at once (nuclei pink, no change); the
     provenance says which reference and fit were used.  AnalysisError for a bad
     reference, ValueError for ``method="off"``."""
+    from ..stain import glass_where_no_data
     from .reading import tissue_lowres
 
     if method == "off":
         raise ValueError("choose a stain normalisation (macenko or reinhard) to preview")
     img, valid, downsample = tissue_lowres(slide)
-    normaliser, info = slide_stain(method, img, valid, reference, user,
+    rgb = np.ascontiguousarray(glass_where_no_data(img, valid))  # masked once, fitted on
+    normaliser, info = slide_stain(method, rgb, None, reference, user,
                                    downsample=max(downsample))
-    rgb = np.asarray(img)[..., :3]
-    if valid is not None:
-        rgb = np.where(np.asarray(valid)[..., None], rgb, 255).astype(np.uint8)
     assert normaliser is not None
-    return np.ascontiguousarray(normaliser(np.ascontiguousarray(rgb))), info, \
+    return np.ascontiguousarray(normaliser(rgb)), info, \
         (float(downsample[0]), float(downsample[1]))

@@ -23,6 +23,7 @@ numpy and torch only (torch imported when a tensor is passed); reads no files.
 
 from __future__ import annotations
 
+from ._ops import glass_where_no_data
 from .augment import DEFAULT_BIAS, DEFAULT_SIGMA, RUIFROK_HED, HedJitter, hed_jitter
 from .macenko import DegenerateStains
 from .normalize import normalize
@@ -41,6 +42,7 @@ __all__ = [
     "as_reference",
     "default_reference",
     "fit_reference",
+    "glass_where_no_data",
     "hed_jitter",
     "normalize",
 ]

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Backend", "Batch", "BACKGROUND_OD", "TISSUE_OD", "BETA", "MAX_FIT_PIXELS",
-           "MIN_TISSUE_PIXELS", "from_numpy", "from_torch", "is_tensor", "od_to_intensity",
+           "MIN_TISSUE_PIXELS", "from_numpy", "from_torch", "glass_where_no_data", "is_tensor",
+           "od_to_intensity",
            "tissue_pixels", "to_batch"]
 
 #: a pixel whose mean OD over R, G, B is at most this is glass: returned unchanged
@@ -57,6 +58,16 @@ def is_tensor(x: object) -> bool:
     """Whether *x* is a torch tensor (without importing torch when it is not loaded)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def glass_where_no_data(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """uint8 RGB of *image* (its first three channels) with glass (255) where *valid*
+    (a boolean mask, None: all valid) says there is no data, so that missing tiles never
+    count as tissue in a fit."""
+    rgb = np.asarray(image)[..., :3]
+    if valid is None:
+        return rgb
+    return np.where(np.asarray(valid)[..., None], rgb, 255).astype(np.uint8)
 
 
 class Backend:

@@ -20,18 +20,23 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..vocab import check_choice
+from ._ops import glass_where_no_data
 from .reference import STAIN_METHODS, StainReference, fit_reference
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_REGION_SIDE", "check_stain_reference_file",
            "fitted_at_full_resolution", "read_stain_reference", "reference_of_document"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: the end of ``fitted_on`` (``"user: <name> (<what>)"``) for pixels fitted at their
+#: file's own resolution: :func:`_read_pixels`'s image region, or a level-0 smallest level
+_FULL_RESOLUTION = re.compile(r" \((image region \d+ x \d+|smallest level 0, \d+ x \d+)\)$")
 #: a region or a slide's smallest level larger than this (per side) is refused
 MAX_REGION_SIDE = 16384
 
@@ -51,33 +56,9 @@ def reference_of_document(doc: Any, method: str, where: str) -> StainReference:
     return ref
 
 
-def check_stain_reference_file(path: str | os.PathLike[str]) -> Path:
-    """The cheap part of :func:`read_stain_reference`: *path* exists and is a file
-    (ValueError ``"<file>: <reason>"`` if not).  It reads no pixels, so a user interface
-    can call it at once and leave the fit to a worker thread."""
-    p = Path(path).expanduser()
-    try:
-        p.resolve().stat()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the stain reference: "
-                         f"{exc.strerror or exc}") from None
-    if not p.is_file():
-        raise ValueError(f"{path}: the stain reference is not a file")
-    return p
-
-
-def fitted_at_full_resolution(ref: StainReference) -> bool:
-    """Whether *ref* was fitted by this module on pixels at their file's own full
-    resolution: a PNG/JPEG region, or a slide or TIFF with one level (its smallest level
-    is level 0), rather than on a pyramid's reduced smallest level."""
-    fitted = ref.fitted_on
-    return fitted.startswith("user: ") and (" (image region " in fitted
-                                            or " (smallest level 0, " in fitted)
-
-
-def read_stain_reference(path: str | os.PathLike[str], method: str) -> StainReference:
-    """The *method* reference of the file *path* (module docstring), fitted once."""
-    check_choice("method", method, STAIN_METHODS)
+def _stat(path: str | os.PathLike[str]) -> tuple[Path, os.stat_result]:
+    """(resolved path, its stat) of a stain reference file; ValueError
+    ``"<file>: <reason>"`` when it is missing, unreadable or not a file."""
     p = Path(path).expanduser()
     try:
         st = p.resolve().stat()
@@ -86,7 +67,29 @@ def read_stain_reference(path: str | os.PathLike[str], method: str) -> StainRefe
                          f"{exc.strerror or exc}") from None
     if not p.is_file():
         raise ValueError(f"{path}: the stain reference is not a file")
-    return _cached(str(p.resolve()), st.st_size, st.st_mtime_ns, method, str(path))
+    return p.resolve(), st
+
+
+def check_stain_reference_file(path: str | os.PathLike[str]) -> Path:
+    """The cheap part of :func:`read_stain_reference`: *path* exists and is a file
+    (ValueError ``"<file>: <reason>"`` if not).  It reads no pixels, so a user interface
+    can call it at once and leave the fit to a worker thread."""
+    return _stat(path)[0]
+
+
+def fitted_at_full_resolution(ref: StainReference) -> bool:
+    """Whether *ref* was fitted by this module on pixels at their file's own full
+    resolution: a PNG/JPEG region, or a slide or TIFF with one level (its smallest level
+    is level 0), rather than on a pyramid's reduced smallest level."""
+    fitted = ref.fitted_on
+    return fitted.startswith("user: ") and _FULL_RESOLUTION.search(fitted) is not None
+
+
+def read_stain_reference(path: str | os.PathLike[str], method: str) -> StainReference:
+    """The *method* reference of the file *path* (module docstring), fitted once."""
+    check_choice("method", method, STAIN_METHODS)
+    resolved, st = _stat(path)
+    return _cached(str(resolved), st.st_size, st.st_mtime_ns, method, str(path))
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,7 +142,5 @@ def _slide_pixels(p: Path, shown: str) -> tuple[np.ndarray, str]:
     except MRANError as exc:
         raise ValueError(f"{shown}: not a readable slide or image: "
                          f"{getattr(exc, 'reason', exc)}") from None
-    rgb = np.asarray(rr.pixels)[..., :3]
-    if rr.valid is not None:
-        rgb = np.where(np.asarray(rr.valid)[..., None], rgb, 255).astype(np.uint8)
+    rgb = glass_where_no_data(rr.pixels, rr.valid)
     return np.ascontiguousarray(rgb), f"smallest level {lv}, {lw} x {lh}"

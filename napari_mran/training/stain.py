@@ -38,12 +38,11 @@ def smallest_level_pixels(path: str) -> np.ndarray:
     stride down to at most ``MAX_FIT_SIDE`` px per side (whole pixels, no blending)."""
     from ..inference.reading import tissue_lowres
     from ..slide import open_slide
+    from ..stain import glass_where_no_data
 
     with open_slide(path) as slide:
         img, valid, _ = tissue_lowres(slide)
-    img = np.asarray(img)[..., :3]
-    if valid is not None:
-        img = np.where(np.asarray(valid)[..., None], img, 255).astype(np.uint8)
+    img = glass_where_no_data(img, valid)
     step = max(1, -(-max(img.shape[:2]) // MAX_FIT_SIDE))
     return np.ascontiguousarray(img[::step, ::step])
 

@@ -243,7 +243,7 @@ class SettingsPanel(QWidget):
                   self.stain_combo, self.stain_ref, self.batch_spin, self.compile_combo,
                   self.save_check, self.folder_edit, self.folder_btn):
             w.setEnabled(on)
-        self.preview_btn.setEnabled(on and self.stain_combo.currentData() != "off")
+        self._on_stain_method()
 
     def _on_stain_method(self, *_args) -> None:
         self.preview_btn.setEnabled(self.stain_combo.isEnabled()
