@@ -1,17 +1,21 @@
 """Shared helpers of the screenshot scripts (docs/gui.md): a real napari window under
 an X display (Xvfb when there is none), waiting for the GUI, saving PNGs.
 
-Not a public module: ``scripts/make_screenshots.py``, ``screenshot_roi.py`` and
-``screenshot_reading_aids.py`` import it from their own folder.
+Not a public module: the ``scripts/make_screenshots.py`` and ``screenshot_*.py`` scripts
+import it from their own folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +34,43 @@ def ensure_display(script: str, argv: list[str], screen: str = "1920x1200x24") -
     env = dict(os.environ, QT_QPA_PLATFORM="xcb", MRAN_SCREENSHOTS_CHILD="1")
     cmd = [xvfb, "-a", "-s", f"-screen 0 {screen}", sys.executable, script, *argv]
     sys.exit(subprocess.call(cmd, env=env))
+
+
+def shot_parser(doc: str, seed: int) -> argparse.ArgumentParser:
+    """The options every screenshot script takes: ``--out`` (default docs/screenshots)
+    and ``--seed`` of its synthetic slide (default *seed*)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", default=str(SHOTS))
+    ap.add_argument("--seed", type=int, default=seed)
+    return ap
+
+
+@contextlib.contextmanager
+def napari_window(out: str | Path, prefix: str, window: tuple[int, int]
+                  ) -> Iterator[tuple[Gui, Path, object]]:
+    """``(Gui writing to out, a temporary work folder, a shown napari viewer of size
+    window)`` with the plugin's Mesa software-GL guard installed; the viewer is closed
+    when the block ends normally, the work folder removed in any case."""
+    import napari
+
+    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
+
+    install_gl_guard()  # the plugin's Mesa software-GL guard (docs/gui.md, Known problems)
+    gui = Gui(Path(out))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        viewer = napari.Viewer(title="napari-mran", show=True)
+        viewer.window.resize(*window)
+        yield gui, work, viewer
+        viewer.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def save_results_in(widget, folder: Path) -> None:
+    """Make the "Analyze slide" widget save its results in *folder* (as if typed)."""
+    widget.settings.folder_edit.setText(str(folder))
+    widget.settings.folder_edited = True
 
 
 class Gui:
@@ -75,6 +116,16 @@ class Gui:
     def canvas_shot(self, viewer):
         self.settle(0.6)
         return viewer.screenshot(canvas_only=True, flash=False)
+
+
+def save_window(viewer, out: Path, settle: float = 1.5) -> Path:
+    """Let the window draw for *settle* seconds, write it (whole window, PNG) to *out*,
+    close the viewer."""
+    gui = Gui(Path(out).parent)
+    gui.settle(settle)
+    path = gui.save(viewer.screenshot(canvas_only=False, flash=False), Path(out).name)
+    viewer.close()
+    return path
 
 
 def grab_widget(widget):

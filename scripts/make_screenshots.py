@@ -23,14 +23,11 @@ by ``screenshot_roi.py`` and ``screenshot_reading_aids.py``.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _shots import SHOTS, Gui, ensure_display, grab_widget, open_widget
+from _shots import Gui, ensure_display, grab_widget, napari_window, open_widget, save_results_in, shot_parser
 
 WINDOW = (1600, 1000)
 
@@ -72,8 +69,7 @@ def shot_02(viewer, widget, gui: Gui, work: Path, size: int, seed: int) -> None:
     print(f"synthetic slide {size} px: {time.perf_counter() - t0:.1f} s")
     viewer.layers.clear()
     viewer.open(str(slide_path), plugin="napari-mran")
-    widget.settings.folder_edit.setText(str(work / "results"))
-    widget.settings.folder_edited = True
+    save_results_in(widget, work / "results")
     viewer.reset_view()
     gui.settle()
     t0 = time.perf_counter()
@@ -163,33 +159,18 @@ def shot_06(widget, gui: Gui, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(SHOTS))
+    parser = shot_parser(__doc__, seed=11)
     parser.add_argument("--size", type=int, default=12288,
                         help="side of the synthetic tumour slide in pixels (default 12288)")
-    parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args(argv)
     ensure_display(__file__, argv)
-
-    import napari
-
-    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
-
-    install_gl_guard()  # the plugin's Mesa software-GL guard (docs/gui.md, Known problems)
-    gui = Gui(Path(args.out))
     t_start = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="mran-shots-"))
-    try:
-        viewer = napari.Viewer(title="napari-mran", show=True)
-        viewer.window.resize(*WINDOW)
+    with napari_window(args.out, "mran-shots-", WINDOW) as (gui, work, viewer):
         widget = shot_01(viewer, gui)
         shot_02(viewer, widget, gui, work, args.size, args.seed)
         roles = shot_03(viewer, gui)
         shot_04_05(viewer, widget, gui, roles)
         shot_06(widget, gui, work)
-        viewer.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.perf_counter() - t_start:.0f} s")
     return 0
 

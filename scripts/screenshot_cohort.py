@@ -30,7 +30,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else _build(Path(tmp))
         _shoot(folder, Path(args.out), wait)
-    print(f"wrote {args.out}")
     return 0
 
 
@@ -42,8 +41,8 @@ def _build(tmp: Path) -> Path:
 
 def _shoot(folder: Path, out: Path, wait) -> None:
     import napari
+    from _shots import save_window
     from qtpy.QtCore import Qt
-    from skimage.io import imsave
 
     from napari_mran._napari._qt.cohort_panel import CohortPanel
 
@@ -57,10 +56,7 @@ def _shoot(folder: Path, out: Path, wait) -> None:
     panel.view.sortByColumn(2, Qt.SortOrder.DescendingOrder)
     panel.select_row(next(r.index for r in panel.table.rows if r.predicted == "tumour"))
     wait(signal=panel.row_shown)
-    wait(cond=lambda: False, timeout_ms=1500)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    imsave(out, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
-    viewer.close()
+    save_window(viewer, out)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,10 @@ results stores go to a temporary folder).
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from _shots import SHOTS, Gui, analyse, ensure_display, open_widget
+from _shots import Gui, analyse, ensure_display, napari_window, open_widget, save_results_in, shot_parser
 
 WINDOW = (1600, 1000)
 TWIN = (4096, 6144)  # width, height: 2 x 3 bags; tall slides suit two viewboxes side by side
@@ -93,30 +90,13 @@ def _side_by_side(viewer, widget, gui: Gui, work: Path, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(SHOTS))
-    ap.add_argument("--seed", type=int, default=11)
-    args = ap.parse_args(argv)
+    args = shot_parser(__doc__, seed=11).parse_args(argv)
     ensure_display(__file__, argv)
-
-    import napari
-
-    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
-
-    install_gl_guard()  # the plugin's Mesa software-GL guard (docs/gui.md, Known problems)
-    gui = Gui(Path(args.out))
-    work = Path(tempfile.mkdtemp(prefix="mran-aids-shots-"))
-    try:
-        viewer = napari.Viewer(title="napari-mran", show=True)
-        viewer.window.resize(*WINDOW)
+    with napari_window(args.out, "mran-aids-shots-", WINDOW) as (gui, work, viewer):
         widget = open_widget(viewer, gui)
-        widget.settings.folder_edit.setText(str(work / "results"))
-        widget.settings.folder_edited = True
+        save_results_in(widget, work / "results")
         _colour_bars(viewer, widget, gui)
         _side_by_side(viewer, widget, gui, work, args.seed)
-        viewer.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -21,7 +21,6 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 def main() -> int:
     from _shots import ensure_display
-    from bench_cohort_browse import wait
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots" / "review-marks.png"))
@@ -31,8 +30,7 @@ def main() -> int:
         from cohort_folder import build_cohort
 
         folder = build_cohort(Path(tmp), n=1, width=8192, height=4096)
-        _shoot(folder / "slide_0000.mran.zarr", Path(tmp), Path(args.out), wait)
-    print(f"wrote {args.out}")
+        _shoot(folder / "slide_0000.mran.zarr", Path(tmp), Path(args.out))
     return 0
 
 
@@ -50,10 +48,10 @@ def _mark(panel) -> None:
     panel.save()
 
 
-def _shoot(store: Path, tmp: Path, out: Path, wait) -> None:
+def _shoot(store: Path, tmp: Path, out: Path) -> None:
     import napari
+    from _shots import save_window
     from qtpy.QtCore import QSettings
-    from skimage.io import imsave
 
     from napari_mran._napari._qt.review_panel import ReviewPanel
     from napari_mran._napari.shown import find_shown, results_in
@@ -71,10 +69,7 @@ def _shoot(store: Path, tmp: Path, out: Path, wait) -> None:
         if ly.name.endswith(("patch attention", "top bags")):
             ly.visible = False
     viewer.reset_view()
-    wait(cond=lambda: False, timeout_ms=1500)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    imsave(out, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
-    viewer.close()
+    save_window(viewer, out)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,10 @@ Nothing outside --out is written (the results store goes to the temporary folder
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _shots import SHOTS, Gui, analyse, ensure_display, open_widget
+from _shots import analyse, ensure_display, napari_window, open_widget, save_results_in, shot_parser
 
 WINDOW = (1600, 1000)
 SIZE = (8192, 6144)
@@ -89,30 +85,18 @@ def _check(widget, poly) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(SHOTS))
-    ap.add_argument("--seed", type=int, default=11)
-    args = ap.parse_args(argv)
+    args = shot_parser(__doc__, seed=11).parse_args(argv)
     ensure_display(__file__, argv)
 
-    import napari
-
-    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
     from napari_mran.synthetic import make_slide
 
-    install_gl_guard()  # the plugin's Mesa software-GL guard (docs/gui.md, Known problems)
-    gui = Gui(Path(args.out))
-    work = Path(tempfile.mkdtemp(prefix="mran-roi-shots-"))
-    try:
+    with napari_window(args.out, "mran-roi-shots-", WINDOW) as (gui, work, viewer):
         t0 = time.perf_counter()
         info = make_slide(work / "synthetic-roi.svs", *SIZE, tumour=True, seed=args.seed)
         print(f"synthetic slide {SIZE[0]} x {SIZE[1]} px: {time.perf_counter() - t0:.1f} s")
-        viewer = napari.Viewer(title="napari-mran", show=True)
-        viewer.window.resize(*WINDOW)
         slide_layer = viewer.open(str(info.path), plugin="napari-mran")[0]
         widget = open_widget(viewer, gui)
-        widget.settings.folder_edit.setText(str(work / "results"))
-        widget.settings.folder_edited = True
+        save_results_in(widget, work / "results")
         poly = _draw_roi(viewer, slide_layer, info)
         combo = widget.settings.region_combo
         combo.setCurrentIndex(combo.findData("ROI"))
@@ -129,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
             ly for ly in viewer.layers if ly.name.endswith("patch attention"))
         viewer.reset_view()
         gui.save(gui.window_shot(viewer), "roi-result.png")
-        viewer.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -16,14 +16,10 @@ one it re-runs itself under ``xvfb-run``.  Nothing outside --out is written.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _shots import SHOTS, Gui, ensure_display, open_widget
+from _shots import ensure_display, napari_window, open_widget, shot_parser
 
 WINDOW = (1600, 1000)
 SIZE = 8192
@@ -31,28 +27,17 @@ SIZE = 8192
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(SHOTS))
-    ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args(argv)
+    args = shot_parser(__doc__, seed=7).parse_args(argv)
     ensure_display(__file__, argv)
 
-    import napari
-
-    from napari_mran._napari._qt.gl_guard import install as install_gl_guard
     from napari_mran._napari._qt.stain_preview import META, SUFFIX
     from napari_mran.synthetic import make_slide
 
-    install_gl_guard()
-    gui = Gui(Path(args.out))
-    work = Path(tempfile.mkdtemp(prefix="mran-stain-shots-"))
-    try:
+    with napari_window(args.out, "mran-stain-shots-", WINDOW) as (gui, work, viewer):
         t0 = time.perf_counter()
         info = make_slide(work / "scanner-b.svs", SIZE, SIZE, tumour=True, seed=args.seed,
                           tumour_fraction=0.4, stain_shift="scanner-b")
         print(f"synthetic scanner-b slide {SIZE} px: {time.perf_counter() - t0:.1f} s")
-        viewer = napari.Viewer(title="napari-mran", show=True)
-        viewer.window.resize(*WINDOW)
         slide_layer = viewer.open(str(info.path), plugin="napari-mran")[0]
         widget = open_widget(viewer, gui)
         combo = widget.settings.stain_combo
@@ -71,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         grid.enabled, grid.stride = True, 1
         viewer.reset_view()
         gui.save(gui.window_shot(viewer), "stain-preview.png")
-        viewer.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
