@@ -18,6 +18,7 @@ from napari.utils import notifications
 
 from ...inference.stain import preview
 from ..frame import SlideFrame
+from ..layers import reusable, update_layer
 
 SUFFIX = "stain preview"
 META = "mran_stain_preview"
@@ -28,7 +29,8 @@ def preview_layer_kwargs(frame: SlideFrame, downsample: tuple[float, float], nam
     """napari ``add_image`` keywords that lay a preview (one pixel = *downsample* level-0
     pixels) exactly over the slide in *frame*."""
     sx, sy = downsample
-    return dict(name=name, rgb=True, scale=(sy * frame.scale[0], sx * frame.scale[1]),
+    return dict(name=name, rgb=True, contrast_limits=(0, 255),
+                scale=(sy * frame.scale[0], sx * frame.scale[1]),
                 translate=frame.to_world(0.5 * sx, 0.5 * sy), metadata={META: info},
                 **frame.layer_units())
 
@@ -63,11 +65,9 @@ class StainPreview:
     def _show(self, out, frame: SlideFrame, name: str) -> None:
         rgb, info, downsample = out
         kwargs = preview_layer_kwargs(frame, downsample, name, info)
-        if name in self.viewer.layers:
+        if name in self.viewer.layers and reusable(self.viewer.layers[name], "image", kwargs):
             layer = self.viewer.layers[name]
-            layer.data = rgb
-            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
-            layer.metadata = {**layer.metadata, META: info}
+            update_layer(layer, rgb, kwargs, "image")
             layer.visible = True
         else:
             layer = self.viewer.add_image(rgb, **kwargs)
