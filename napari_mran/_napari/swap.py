@@ -112,7 +112,6 @@ class Swap:
         return len(layers)
 
 
-
 def insert_inactive(viewer, index: int, layer) -> None:
     """Insert *layer* at *index* without making it the active layer.
 
