@@ -12,6 +12,7 @@ from PIL import Image
 from qtpy.QtCore import Qt
 
 from napari_mran._napari.sample_data import sample_slide_path
+from datafiles import shared
 from docking import open_and_dock
 
 
@@ -120,3 +121,32 @@ def test_stain_preview_layer(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     qtbot.mouseClick(settings.preview_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.stain_preview.running and bool(errors), timeout=60000)
     assert str(bad) in errors[-1] and name in viewer.layers
+
+
+def test_stain_preview_of_a_slide_that_cannot_be_fitted(make_napari_viewer, qtbot, monkeypatch):
+    """A fluorescence slide from another scanner (Hamamatsu NDPI, DAPI: not H&E): its
+    stains cannot be fitted, so the preview is the slide unchanged, with a warning naming
+    the file and the reason (not a silent no-op)."""
+    import numpy as np
+
+    from napari_mran._napari import keys
+    from napari_mran._napari._qt.stain_preview import SUFFIX
+    from napari_mran.inference.reading import tissue_lowres
+
+    path = shared("ndpi/test3-DAPI-2-387.ndpi")
+    viewer = make_napari_viewer(show=True)
+    widget = open_and_dock(viewer, qtbot, path)
+    warned: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    settings = widget.settings
+    settings.stain_combo.setCurrentIndex(settings.stain_combo.findData("macenko"))
+    qtbot.mouseClick(settings.preview_btn, Qt.MouseButton.LeftButton)
+    slide_layer = widget.slides.current()
+    name = f"{slide_layer.name} {SUFFIX}"
+    qtbot.waitUntil(lambda: name in viewer.layers and not widget.stain_preview.running,
+                    timeout=60000)
+    assert widget.stain_preview.last_error is None
+    msg = next(m for m in warned if "stain preview of" in m)
+    assert str(path) in msg and "could not be fitted" in msg and "negative absorbance" in msg
+    img, _valid, _ = tissue_lowres(slide_layer.metadata[keys.SLIDE])
+    assert np.array_equal(np.asarray(viewer.layers[name].data), np.asarray(img)[..., :3])

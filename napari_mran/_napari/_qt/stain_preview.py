@@ -4,7 +4,9 @@ normalised exactly as the analysis would (the same slide-level fit and reference
 
 The fit and the normalisation run in a worker thread; only the main thread touches
 layers.  A second preview of the same slide replaces the layer's data in place.  Bad
-input (a reference that cannot be read or fitted) is a notification naming the file;
+input (a reference that cannot be read or fitted) is a notification naming the file; a
+slide whose stains cannot be fitted (one stain, too little tissue, not H&E) is shown
+unchanged with a warning naming the slide and the reason;
 the notes analysis would record (a resolution mismatch, a model trained with another
 method) come as napari's warning notifications, relayed from the worker.
 """
@@ -55,15 +57,20 @@ class StainPreview:
         frame, name = SlideFrame.from_layer(slide_layer), f"{slide_layer.name} {SUFFIX}"
         self.last_error = None
         worker = create_worker(preview, slide, method, reference, user, _ignore_errors=True)
-        worker.returned.connect(lambda out: self._show(out, frame, name))
+        worker.returned.connect(lambda out: self._show(out, frame, name, slide))
         worker.errored.connect(lambda exc: self._failed(slide, exc))
         worker.finished.connect(self._finished)
         self.worker = worker
         worker.start()
         return True
 
-    def _show(self, out, frame: SlideFrame, name: str) -> None:
+    def _show(self, out, frame: SlideFrame, name: str, slide) -> None:
         rgb, info, downsample = out
+        if info.get("source") is None:  # not fitted: the preview is the slide unchanged
+            notifications.show_warning(
+                f"napari-mran: stain preview of {slide.path}: the slide's stains could not "
+                f"be fitted on its smallest level, so it is shown unchanged; the analysis "
+                f"would fit {info['source_fitted_on']}")
         kwargs = preview_layer_kwargs(frame, downsample, name, info)
         if name in self.viewer.layers and reusable(self.viewer.layers[name], "image", kwargs):
             layer = self.viewer.layers[name]
